@@ -1,0 +1,40 @@
+# Fresh machine, two commands:  `make run` (environment + default experiment), `make test` (environment + tests).
+PYTHON ?= python3
+VENV ?= .venv
+# CPU build by default; a GPU user passes their CUDA build, e.g. make run TORCH_INDEX="--index-url <your CUDA wheel index>"
+TORCH ?= torch==2.13.0
+TORCH_INDEX ?=
+BIN := $(VENV)/bin
+
+.PHONY: install run test test-slow lint format clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH_INDEX) "$(TORCH)"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $@
+
+install: $(BIN)/.installed
+
+run: install
+	$(BIN)/python -m rtd_lab $(ARGS)
+
+test: install
+	$(BIN)/ruff check rtd_lab tests
+	$(BIN)/ruff format --check rtd_lab tests
+	$(BIN)/python -m pytest -m "not slow and not gpu" $(ARGS)
+
+test-slow: install
+	$(BIN)/python -m pytest -m "slow" $(ARGS)
+
+lint: install
+	$(BIN)/ruff check rtd_lab tests
+	$(BIN)/ruff format --check rtd_lab tests
+
+format: install
+	$(BIN)/ruff format rtd_lab tests
+	$(BIN)/ruff check --fix rtd_lab tests
+
+clean:
+	rm -rf outputs multirun .pytest_cache

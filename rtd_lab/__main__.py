@@ -1,0 +1,33 @@
+"""Hydra entry point: ``python -m rtd_lab [+experiment=NAME] [overrides]`` (``-m`` for sweeps)."""
+
+from __future__ import annotations
+
+import os
+
+import hydra
+from omegaconf import DictConfig
+
+# W&B never needs a server here: offline unless the user asks otherwise, and no prompts in CI.
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+TASKS = ("train",)
+
+
+def run(cfg: DictConfig) -> dict:
+    if cfg.task not in TASKS:
+        raise ValueError(f"task={cfg.task!r} is not one of {list(TASKS)}")
+    from rtd_lab.train import train  # heavy imports after Hydra has parsed the command line
+
+    return train(cfg)
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    results = run(cfg)
+    # Returned to Hydra so that sweepers (e.g. Optuna) can optimise it.
+    return results["student"]["metrics"]["chain_acc"]
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,212 @@
+"""Synthetic multi-step reasoning benchmark: chains of modular arithmetic over named variables.
+
+A problem is a program of ``max_depth`` variables, each computed from the one before; a depth-k
+question asks for the k-th::
+
+    question:  a = 7 , b = a + 3 , c = b * 2 , d = c - 5 ; c ?       (max_depth 3, modulus 23)
+    trace:     7 + 3 = 10 ; 10 * 2 = 20 #### 20
+
+Every step substitutes the previous step's value, so step i can only be right if step i-1 was:
+the sequential structure RTD assumes. A step concludes at its value token: that is its boundary.
+
+Difficulty knobs (all in ``conf/data/synthetic.yaml``):
+  modulus      size of the number field; the per-step arithmetic table has |ops|·modulus² entries
+  min/max_depth  the range of chain lengths k (1..8)
+  ops          which of + - * appear
+  distractors  extra definitions, off the chain, that the trace must ignore (the definitions past
+               the asked variable are distractors already)
+  shuffle      present the definitions in random order (the model must look each one up by name)
+
+Splits are disjoint: test, then val, then train questions are drawn from separate random streams,
+and a later split never reuses a question of an earlier one. Test and val are also unique within
+themselves; train may repeat a question (depth 1 has only ~1.5k distinct ones at modulus 23).
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import string
+from dataclasses import asdict, dataclass, field
+
+from rtd_lab.data.example import ReasoningExample, Step, TraceFormat
+
+OPS = ("+", "-", "*")
+MAX_DEPTH = 8
+CHAIN_NAMES = string.ascii_lowercase[: MAX_DEPTH + 1]  # a..i: a holds the start value
+DISTRACTOR_NAMES = string.ascii_lowercase[::-1][:8]  # z, y, x, ...: never on the chain
+FORMAT = TraceFormat(prompt_suffix=" :", step_sep=" ; ", answer_prefix=" #### ")
+
+
+@dataclass
+class SyntheticConfig:
+    modulus: int = 23
+    min_depth: int = 1
+    max_depth: int = 6
+    ops: tuple[str, ...] = OPS
+    distractors: int = 0
+    shuffle: bool = False
+    n_train_per_depth: int = 3000
+    n_val_per_depth: int = 50
+    n_test_per_depth: int = 100
+    seed: int = 0
+    splits: tuple[str, ...] = field(default=("train", "val", "test"), repr=False)
+
+    def __post_init__(self) -> None:
+        self.ops = tuple(self.ops)
+        if not 3 <= self.modulus <= 997:
+            raise ValueError(f"data.modulus must be in [3, 997], got {self.modulus}")
+        if not 1 <= self.min_depth <= MAX_DEPTH:
+            raise ValueError(f"data.min_depth must be in [1, {MAX_DEPTH}], got {self.min_depth}")
+        if not self.min_depth <= self.max_depth <= MAX_DEPTH:
+            raise ValueError(
+                f"data.max_depth must be in [data.min_depth={self.min_depth}, {MAX_DEPTH}], "
+                f"got {self.max_depth} (the depth range is empty)"
+            )
+        bad = [op for op in self.ops if op not in OPS]
+        if not self.ops or bad:
+            raise ValueError(f"data.ops must be a non-empty subset of {list(OPS)}, got {list(self.ops)}")
+        if not 0 <= self.distractors <= len(DISTRACTOR_NAMES):
+            raise ValueError(f"data.distractors must be in [0, {len(DISTRACTOR_NAMES)}], got {self.distractors}")
+        for name in ("n_train_per_depth", "n_val_per_depth", "n_test_per_depth"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"data.{name} must be >= 1, got {getattr(self, name)}")
+
+    @property
+    def depths(self) -> list[int]:
+        return list(range(self.min_depth, self.max_depth + 1))
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("splits")
+        d["ops"] = list(self.ops)
+        return d
+
+
+def apply_op(x: int, op: str, n: int, modulus: int) -> int:
+    if op == "+":
+        return (x + n) % modulus
+    if op == "-":
+        return (x - n) % modulus
+    return (x * n) % modulus
+
+
+def _operand(rng: random.Random, op: str, modulus: int) -> int:
+    # Multiplying by 0 or 1 would make a step trivial or erase the chain's history.
+    return rng.randint(2, modulus - 1) if op == "*" else rng.randint(1, modulus - 1)
+
+
+def sample_example(rng: random.Random, depth: int, cfg: SyntheticConfig, uid: str) -> ReasoningExample:
+    """A program of ``cfg.max_depth`` chained definitions; the question asks for the depth-th variable.
+
+    Every question has the same layout whatever its depth (the definitions past the asked variable
+    are distractors that the trace must not use), and a trace step has as many tokens as a
+    definition, so step i sits at a fixed distance from definition i: what a small model must learn
+    is the arithmetic and a chain of fixed-offset look-ups, not where to look.
+    """
+    m = cfg.modulus
+    value = rng.randrange(m)
+    defs = [f"a = {value}"]
+    steps = []
+    for i in range(1, cfg.max_depth + 1):
+        op = rng.choice(cfg.ops)
+        n = _operand(rng, op, m)
+        defs.append(f"{CHAIN_NAMES[i]} = {CHAIN_NAMES[i - 1]} {op} {n}")
+        new = apply_op(value, op, n, m)
+        if i <= depth:
+            steps.append(Step(text=f"{value} {op} {n} = {new}", value=new))
+        value = new
+    for name in DISTRACTOR_NAMES[: cfg.distractors]:
+        op = rng.choice(cfg.ops)
+        src = CHAIN_NAMES[rng.randrange(cfg.max_depth + 1)]
+        defs.append(f"{name} = {src} {op} {_operand(rng, op, m)}")
+    if cfg.shuffle:
+        rng.shuffle(defs)
+    question = " , ".join(defs) + f" ; {CHAIN_NAMES[depth]} ?"
+    return ReasoningExample(uid=uid, question=question, steps=tuple(steps), answer=steps[-1].value, depth=depth)
+
+
+def generate_splits(cfg: SyntheticConfig) -> dict[str, list[ReasoningExample]]:
+    """Deterministic in ``cfg``: the same config gives the same examples, in the same order."""
+    sizes = {"test": cfg.n_test_per_depth, "val": cfg.n_val_per_depth, "train": cfg.n_train_per_depth}
+    reserved: set[str] = set()  # questions of earlier splits
+    out: dict[str, list[ReasoningExample]] = {}
+    for split_idx, split in enumerate(("test", "val", "train")):  # held-out splits claim questions first
+        unique = split != "train"
+        examples: list[ReasoningExample] = []
+        for depth in cfg.depths:
+            rng = random.Random(f"{cfg.seed}/{split_idx}/{depth}")
+            seen: set[str] = set()
+            n_depth, tries = 0, 0
+            while n_depth < sizes[split]:
+                tries += 1
+                if tries > 50 * sizes[split] + 1000:
+                    raise ValueError(
+                        f"data.n_{split}_per_depth={sizes[split]} is more than the distinct questions "
+                        f"available at depth {depth} with data.modulus={cfg.modulus} after the other "
+                        f"splits took theirs; lower it or raise data.modulus"
+                    )
+                ex = sample_example(rng, depth, cfg, uid=f"synthetic/{split}/{depth}/{n_depth}")
+                if ex.question in reserved or (unique and ex.question in seen):
+                    continue
+                seen.add(ex.question)
+                examples.append(ex)
+                n_depth += 1
+            if unique:
+                reserved |= seen
+        out[split] = examples
+    return out
+
+
+_STEP_VALUE = re.compile(r"=\s*(-?\d+)\s*$")
+
+
+def parse_completion(text: str) -> tuple[list[int | None], int | None]:
+    """Parse a generated trace into (step values, final answer). Never evaluates the text.
+
+    Unparseable steps give ``None`` so that they count as wrong instead of raising.
+    """
+    body, _, answer_part = text.partition("####")
+    steps: list[int | None] = []
+    for chunk in body.split(";"):
+        chunk = chunk.strip()
+        if not chunk:
+            continue
+        match = _STEP_VALUE.search(chunk)
+        steps.append(int(match.group(1)) if match else None)
+    answer_tokens = answer_part.split()
+    answer = int(answer_tokens[0]) if answer_tokens and answer_tokens[0].lstrip("-").isdigit() else None
+    return steps, answer
+
+
+class SyntheticBenchmark:
+    """What the DataModule and the evaluator need from a benchmark (``data.benchmark._target_``)."""
+
+    name = "synthetic"
+    format = FORMAT
+
+    def __init__(self, **kwargs):
+        self.cfg = SyntheticConfig(**kwargs)
+        self._splits: dict[str, list[ReasoningExample]] | None = None
+
+    @property
+    def depths(self) -> list[int]:
+        return self.cfg.depths
+
+    def splits(self) -> dict[str, list[ReasoningExample]]:
+        if self._splits is None:
+            self._splits = generate_splits(self.cfg)
+        return self._splits
+
+    def build_tokenizer(self):
+        from rtd_lab.data.tokenizer import build_synthetic_tokenizer
+
+        return build_synthetic_tokenizer(self.cfg.modulus)
+
+    @staticmethod
+    def parse_completion(text: str) -> tuple[list[int | None], int | None]:
+        return parse_completion(text)
+
+    def max_completion_tokens(self) -> int:
+        # "7 + 3 = 10 ;" is 6 tokens a step, "#### 10 <eos>" 3 more; slack for a rambling model.
+        return 6 * self.cfg.max_depth + 8

@@ -1,0 +1,85 @@
+"""Greedy generation and scoring against the gold chain.
+
+A step is correct when its value equals the gold step's value at the same index; a chain is
+correct when it has exactly the gold number of steps, every one correct, and the right final
+answer. Model output is parsed by the benchmark's parser (regular expressions, never ``eval``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from tqdm.auto import tqdm
+from transformers import GenerationConfig
+
+from rtd_lab.data.example import ReasoningExample
+from rtd_lab.metrics import ReasoningAccuracy
+
+
+@dataclass
+class Scored:
+    uid: str
+    depth: int
+    chain_correct: bool
+    answer_correct: bool
+    steps_correct: int
+    steps_total: int
+    completion: str
+
+
+def score(example: ReasoningExample, completion: str, parse) -> Scored:
+    pred_steps, pred_answer = parse(completion)
+    gold = [s.value for s in example.steps]
+    step_ok = [i < len(pred_steps) and pred_steps[i] == g for i, g in enumerate(gold)]
+    answer_ok = pred_answer is not None and pred_answer == example.answer
+    chain_ok = all(step_ok) and len(pred_steps) == len(gold) and answer_ok
+    return Scored(example.uid, example.depth, chain_ok, answer_ok, sum(step_ok), len(gold), completion)
+
+
+class Evaluator:
+    """Generates completions for a batch's prompts and scores them; one code path for teacher and student."""
+
+    def __init__(self, tokenizer, benchmark):
+        self.tokenizer = tokenizer
+        self.benchmark = benchmark
+        self.generation_config = GenerationConfig(
+            do_sample=False,
+            max_new_tokens=benchmark.max_completion_tokens(),
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+
+    @torch.no_grad()
+    def generate(self, model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> list[str]:
+        was_training = model.training
+        model.eval()
+        out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=self.generation_config)
+        model.train(was_training)
+        return self.tokenizer.batch_decode(out[:, prompt_ids.shape[1] :], skip_special_tokens=True)
+
+    def score_batch(self, model, batch: dict) -> list[Scored]:
+        texts = self.generate(model, batch["prompt_ids"], batch["prompt_mask"])
+        return [score(ex, t, self.benchmark.parse_completion) for ex, t in zip(batch["examples"], texts, strict=True)]
+
+    @staticmethod
+    def update_metric(metric: ReasoningAccuracy, scored: list[Scored]) -> None:
+        metric.update(
+            depth=torch.tensor([s.depth for s in scored]),
+            chain_correct=torch.tensor([s.chain_correct for s in scored]),
+            answer_correct=torch.tensor([s.answer_correct for s in scored]),
+            steps_correct=torch.tensor([s.steps_correct for s in scored]),
+            steps_total=torch.tensor([s.steps_total for s in scored]),
+        )
+
+    def evaluate(self, model, dataloader, desc: str = "eval") -> tuple[dict[str, float], list[dict]]:
+        """Run a model over a whole loader: (metrics, one record per example)."""
+        metric = ReasoningAccuracy(self.benchmark.depths)
+        device = next(model.parameters()).device
+        records: list[dict] = []
+        for batch in tqdm(dataloader, desc=desc, leave=False):
+            batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+            scored = self.score_batch(model, batch)
+            self.update_metric(metric, scored)
+            records.extend(asdict(s) for s in scored)
+        return {k: float(v) for k, v in metric.compute().items()}, records

@@ -1,0 +1,114 @@
+"""Distillation losses as pure functions: tensors in, scalar tensors out, no module state.
+
+Shapes: B batch, T tokens, V vocabulary, K step boundaries (the longest chain in the batch),
+D hidden width. Boundary tensors are padded to K; ``mask`` says which boundaries are real, so a
+short chain's padding never counts. Equations are those of seed 001 (Reasoning Trace Distillation).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100
+
+
+class KDLoss(NamedTuple):
+    loss: torch.Tensor  # alpha * T^2 * KL + (1 - alpha) * CE
+    kl: torch.Tensor  # KL(p_T || p_S) at temperature T, mean over supervised tokens
+    ce: torch.Tensor  # cross-entropy against the labels, mean over supervised tokens
+
+
+def kd_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor,
+    alpha: float = 0.7,
+    temperature: float = 4.0,
+) -> KDLoss:
+    """Standard knowledge distillation (Hinton et al. 2015), the seed's baseline.
+
+        L_KD = alpha * T^2 * KL(p_T || p_S) + (1 - alpha) * CE(p_S, y),   p_X = softmax(z_X / T)
+
+    Args:
+        student_logits: (B, T, V); position t predicts ``labels[:, t]`` (already shifted).
+        teacher_logits: (B, T, V), same alignment.
+        labels: (B, T) token ids, ``-100`` where nothing is supervised (prompt, padding).
+        alpha: weight of the distillation term, in [0, 1].
+        temperature: T > 0; the T^2 factor keeps gradient scale independent of T.
+
+    Only positions with ``labels != -100`` count, so the prompt is never distilled.
+    """
+    mask = labels != IGNORE_INDEX  # (B, T)
+    n = mask.sum().clamp(min=1)
+    s = student_logits[mask].float()  # (N, V)
+    t = teacher_logits[mask].float()
+    log_p_s = F.log_softmax(s / temperature, dim=-1)
+    log_p_t = F.log_softmax(t / temperature, dim=-1)
+    kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum() / n
+    ce = F.cross_entropy(s, labels[mask], reduction="sum") / n
+    return KDLoss(alpha * temperature**2 * kl + (1 - alpha) * ce, kl, ce)
+
+
+def gather_boundaries(hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Hidden states at step boundaries: (B, T, D), (B, K) → (B, K, D)."""
+    index = positions.unsqueeze(-1).expand(-1, -1, hidden.size(-1))
+    return hidden.gather(1, index)
+
+
+def transitions(h: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Step transition vectors delta_i = h_{i+1} - h_i: (B, K, D), (B, K) → (B, K-1, D), (B, K-1).
+
+    A transition is real only when both of its boundaries are.
+    """
+    return h[:, 1:] - h[:, :-1], mask[:, 1:] & mask[:, :-1]
+
+
+def _per_chain_mean(per_boundary: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, K) values → mean over each chain's real entries, then over chains that have any.
+
+    A batch with no real entry gives 0 that is still attached to the graph (DDP needs every
+    parameter to get a gradient, and a NaN would poison the run).
+    """
+    mask = mask.to(per_boundary.dtype)
+    counts = mask.sum(dim=1)  # (B,)
+    has_any = counts > 0
+    if not has_any.any():
+        return (per_boundary * 0.0).sum()
+    per_chain = (per_boundary * mask).sum(dim=1)[has_any] / counts[has_any]
+    return per_chain.mean()
+
+
+def align_loss(h_s_proj: torch.Tensor, h_t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Step-boundary representation alignment (seed 001):
+
+        L_align = (1/k) * sum_i (1 - cos(f(h_S_i), h_T_i))
+
+    Args:
+        h_s_proj: (B, K, D_T) student boundary states already projected, f(h_S).
+        h_t: (B, K, D_T) teacher boundary states.
+        mask: (B, K) bool, True for the k real boundaries of each chain.
+
+    Averaged over each chain's k boundaries, then over the chains of the batch.
+    """
+    cos = F.cosine_similarity(h_s_proj.float(), h_t.float(), dim=-1, eps=1e-8)  # (B, K)
+    return _per_chain_mean(1.0 - cos, mask)
+
+
+def coherence_loss(delta_s_proj: torch.Tensor, delta_t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Reasoning coherence loss (seed 001), on step transition vectors delta_i = h_{i+1} - h_i:
+
+        L_coherence = (1/(k-1)) * sum_i (1 - cos(g(delta_S_i), delta_T_i))^2
+
+    Args:
+        delta_s_proj: (B, K-1, D_T) student transitions already projected, g(delta_S).
+        delta_t: (B, K-1, D_T) teacher transitions.
+        mask: (B, K-1) bool, True for the k-1 real transitions of each chain (see ``transitions``).
+
+    Chains with k < 2 have no transition and contribute nothing; a batch of only such chains
+    gives 0, never NaN. Squaring, as the seed says, tolerates small deviations and punishes large ones.
+    """
+    cos = F.cosine_similarity(delta_s_proj.float(), delta_t.float(), dim=-1, eps=1e-8)  # (B, K-1)
+    return _per_chain_mean((1.0 - cos) ** 2, mask)

@@ -1,0 +1,67 @@
+"""Reasoning Trace Distillation (seed 001).
+
+    L_RTD = L_KD + w_align * L_align + w_coherence * L_coherence        (paper: 0.3, 0.5)
+
+    L_align     = (1/k)     * sum_i (1 - cos(f(h_S_i), h_T_i))
+    L_coherence = (1/(k-1)) * sum_i (1 - cos(g(delta_S_i), delta_T_i))^2,   delta_i = h_{i+1} - h_i
+
+h_i is the hidden state at the token where step i concludes (``batch["boundary_pos"]``), taken at
+``student_layer`` of the student and ``teacher.layer`` of the teacher. f and g are learned linear
+maps from student to teacher width, trained with the student. They have no bias: g acts on
+differences of states, where a constant offset has no meaning, and f is kept alike.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from rtd_lab.losses import align_loss, coherence_loss, gather_boundaries, kd_loss, transitions
+from rtd_lab.methods.base import ReasoningModule, check_weight
+from rtd_lab.methods.standard_kd import check_kd
+
+
+class RTD(ReasoningModule):
+    def __init__(
+        self,
+        *args,
+        alpha: float = 0.7,
+        temperature: float = 4.0,
+        w_align: float = 0.3,
+        w_coherence: float = 0.5,
+        student_layer: int = -1,
+        **kwargs,
+    ):
+        super().__init__(*args, **kwargs)
+        check_kd(alpha, temperature)
+        self.alpha, self.temperature = alpha, temperature
+        self.w_align = check_weight(w_align, "method.w_align")
+        self.w_coherence = check_weight(w_coherence, "method.w_coherence")
+        n_layers = self.student.config.num_hidden_layers
+        if not -(n_layers + 1) <= student_layer <= n_layers:
+            raise ValueError(f"method.student_layer must be in [{-(n_layers + 1)}, {n_layers}], got {student_layer}")
+        self.student_layer = student_layer
+        d_s, d_t = self.student.config.hidden_size, self.teacher.hidden_size
+        self.f = nn.Linear(d_s, d_t, bias=False)  # student → teacher space, for boundary states
+        self.g = nn.Linear(d_s, d_t, bias=False)  # student → teacher space, for transitions
+
+    def compute_losses(self, batch: dict) -> dict[str, torch.Tensor]:
+        pos, mask = batch["boundary_pos"], batch["boundary_mask"]  # (B, K)
+        s = self.student_forward(batch, hidden=True)
+        t = self.teacher(batch["input_ids"], boundary_pos=pos)
+        kd = kd_loss(s.logits[:, :-1], t.logits[:, :-1], batch["labels"][:, 1:], self.alpha, self.temperature)
+
+        h_s = gather_boundaries(s.hidden_states[self.student_layer], pos)  # (B, K, D_S)
+        h_t = t.boundary_hidden  # (B, K, D_T)
+        l_align = align_loss(self.f(h_s), h_t, mask)
+        delta_s, t_mask = transitions(h_s, mask)  # (B, K-1, D_S)
+        delta_t, _ = transitions(h_t, mask)  # (B, K-1, D_T)
+        l_coherence = coherence_loss(self.g(delta_s), delta_t, t_mask)
+
+        loss = kd.loss + self.w_align * l_align + self.w_coherence * l_coherence
+        return {
+            "loss": loss,
+            "kd": kd.loss.detach(),
+            "align": l_align.detach(),
+            "coherence": l_coherence.detach(),
+        }

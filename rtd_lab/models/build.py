@@ -1,0 +1,66 @@
+"""Build a Hugging Face causal LM from a config (trained from scratch) or load one by hub id / path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
+
+from rtd_lab.data.tokenizer import same_tokenizer
+
+
+def build_causal_lm(
+    tokenizer,
+    arch: str = "llama",
+    model: dict[str, Any] | None = None,
+    pretrained: str | None = None,
+    trust_remote_code: bool = False,
+    field: str = "model",
+):
+    """A causal LM: ``pretrained`` (hub id or local dir) if given, else ``arch`` built from ``model``.
+
+    Built models take their vocabulary size and special-token ids from ``tokenizer``. ``field``
+    names the config group in error messages ("teacher", "student").
+    """
+    if pretrained:
+        # safetensors first; transformers loads any .bin fallback with weights_only=True.
+        return AutoModelForCausalLM.from_pretrained(str(pretrained), trust_remote_code=trust_remote_code)
+    try:
+        config = AutoConfig.for_model(
+            arch,
+            vocab_size=len(tokenizer),
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            **dict(model or {}),
+        )
+    except ValueError as e:
+        raise ValueError(f"{field}.arch={arch!r} is not a model type transformers knows: {e}") from e
+    return AutoModelForCausalLM.from_config(config)
+
+
+def load_tokenizer(pretrained: str, trust_remote_code: bool = False, field: str = "teacher"):
+    tok = AutoTokenizer.from_pretrained(str(pretrained), trust_remote_code=trust_remote_code)
+    if not isinstance(tok, PreTrainedTokenizerFast) and not getattr(tok, "is_fast", False):
+        raise ValueError(
+            f"{field}.pretrained={pretrained}: its tokenizer is not a fast tokenizer; step boundaries "
+            "need the offset mapping only fast tokenizers give"
+        )
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token  # common for causal LMs; padding is always masked out
+    return tok
+
+
+def check_same_tokenizer(student_source: str | Path, tokenizer, field: str = "student.pretrained") -> None:
+    """Distillation compares logits token by token: the student must share the teacher's tokenizer."""
+    path = Path(student_source)
+    try:
+        student_tok = AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError):
+        return  # a checkpoint without a tokenizer: its vocabulary size is checked against the model
+    if not same_tokenizer(student_tok, tokenizer):
+        raise ValueError(
+            f"{field}={student_source} uses a different tokenizer than the teacher "
+            f"(vocab {len(student_tok)} vs {len(tokenizer)}); distillation needs the same one"
+        )

@@ -1,0 +1,59 @@
+"""The teacher as distillation sees it: frozen, always in eval mode, never building a graph."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from rtd_lab.losses import gather_boundaries
+
+
+class TeacherOutput(NamedTuple):
+    logits: torch.Tensor  # (B, T, V)
+    boundary_hidden: torch.Tensor | None  # (B, K, D_T) at ``layer``, or None when not asked for
+
+
+class Teacher(nn.Module):
+    def __init__(self, model: nn.Module, layer: int = -1):
+        super().__init__()
+        n_layers = model.config.num_hidden_layers
+        # hidden_states has n_layers + 1 entries (embeddings first); -1 is the last layer's output.
+        if not -(n_layers + 1) <= layer <= n_layers:
+            raise ValueError(f"teacher.layer must be in [{-(n_layers + 1)}, {n_layers}], got {layer}")
+        self.model = model
+        self.layer = layer
+        self.model.requires_grad_(False)
+        self.model.eval()
+
+    @property
+    def hidden_size(self) -> int:
+        return self.model.config.hidden_size
+
+    def train(self, mode: bool = True) -> Teacher:
+        # Lightning calls .train() on the whole LightningModule each epoch: the teacher stays in eval.
+        return super().train(False)
+
+    @torch.no_grad()
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        boundary_pos: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> TeacherOutput:
+        """Logits (B, T, V) and, given ``boundary_pos`` (B, K), hidden states there (B, K, D_T).
+
+        Training batches are right-padded, so ``attention_mask`` may be left out (see
+        ``ReasoningModule.student_forward``).
+        """
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            output_hidden_states=boundary_pos is not None,
+            use_cache=False,
+        )
+        hidden = None
+        if boundary_pos is not None:
+            hidden = gather_boundaries(out.hidden_states[self.layer], boundary_pos)
+        return TeacherOutput(out.logits, hidden)

@@ -1,0 +1,258 @@
+"""``train(cfg)``: teacher (cached) → student distillation → evaluation → results.json + depth table.
+
+A plain function: ``python -m rtd_lab`` calls it through Hydra, tests call it directly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.loggers import WandbLogger
+from omegaconf import DictConfig, OmegaConf
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from rtd_lab.data.datamodule import ReasoningDataModule
+from rtd_lab.data.tokenizer import same_tokenizer
+from rtd_lab.evaluation import Evaluator
+from rtd_lab.methods.cot_ft import CoTFineTune
+from rtd_lab.models.build import build_causal_lm, check_same_tokenizer, load_tokenizer
+from rtd_lab.models.teacher import Teacher
+from rtd_lab.optim import warmup_cosine
+from rtd_lab.utils import atomic_write_json, config_hash, flatten
+
+log = logging.getLogger(__name__)
+TEACHER_META = "rtd_teacher.json"
+
+
+def _container(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+
+
+def teacher_key(cfg: DictConfig) -> str:
+    """What determines a from-scratch teacher: the training data, the architecture, its training."""
+    t = cfg.teacher
+    return config_hash(
+        {
+            "benchmark": _container(cfg.data.benchmark),
+            "arch": t.arch,
+            "model": _container(t.model),
+            "train": _container(t.train),
+            "bucket_by_length": cfg.data.get("bucket_by_length", False),
+        }
+    )
+
+
+def train_teacher(cfg: DictConfig, benchmark, tokenizer, out_dir: Path) -> dict:
+    """Train a causal LM from scratch on the benchmark's gold traces (plain CE), save it to ``out_dir``."""
+    tcfg = cfg.teacher.train
+    L.seed_everything(tcfg.seed, workers=True)
+    model = build_causal_lm(tokenizer, arch=cfg.teacher.arch, model=_container(cfg.teacher.model), field="teacher")
+    dm = ReasoningDataModule(
+        benchmark,
+        batch_size=tcfg.batch_size,
+        eval_batch_size=cfg.data.eval_batch_size,
+        bucket_by_length=cfg.data.get("bucket_by_length", False),
+        seed=tcfg.seed,
+    )
+    dm.connect(tokenizer)
+    module = CoTFineTune(
+        model,
+        optimizer=lambda params: torch.optim.AdamW(params, lr=tcfg.lr, weight_decay=tcfg.weight_decay),
+        scheduler=lambda optimizer, total_steps: warmup_cosine(optimizer, total_steps, tcfg.warmup_ratio),
+    )
+    trainer = L.Trainer(
+        max_steps=tcfg.max_steps,
+        accelerator=cfg.trainer.accelerator,
+        devices=1,
+        precision=cfg.trainer.precision,
+        gradient_clip_val=1.0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=cfg.trainer.get("enable_progress_bar", True),
+        callbacks=[TQDMProgressBar(refresh_rate=25)] if cfg.trainer.get("enable_progress_bar", True) else [],
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        default_root_dir=str(out_dir),
+    )
+    start = time.time()
+    trainer.fit(module, datamodule=dm)
+    model.save_pretrained(out_dir)  # safetensors
+    tokenizer.save_pretrained(out_dir)
+    return {"train_seconds": round(time.time() - start, 1), "steps": trainer.global_step}
+
+
+def prepare_teacher(cfg: DictConfig, benchmark) -> tuple[Teacher, Any, dict]:
+    """Load ``teacher.pretrained``, or the cached from-scratch teacher, training it on a cache miss."""
+    t = cfg.teacher
+    if t.pretrained:
+        tokenizer = load_tokenizer(t.pretrained, t.trust_remote_code, field="teacher")
+        model = build_causal_lm(tokenizer, pretrained=t.pretrained, trust_remote_code=t.trust_remote_code)
+        return Teacher(model, layer=t.layer), tokenizer, {"source": str(t.pretrained)}
+
+    tokenizer = benchmark.build_tokenizer()
+    key = teacher_key(cfg)
+    root = Path(hydra.utils.to_absolute_path(cfg.paths.cache_dir)) / "teachers"
+    path = root / key
+    if not (path / TEACHER_META).exists():
+        log.info("teacher %s not in cache: training it from scratch (%s)", key, path)
+        tmp = root / f".{key}.tmp-{time.time_ns()}"
+        tmp.mkdir(parents=True)
+        try:
+            meta = train_teacher(cfg, benchmark, tokenizer, tmp)
+            meta.update(key=key, config={"benchmark": _container(cfg.data.benchmark), "teacher": _container(t)})
+            atomic_write_json(tmp / TEACHER_META, meta)  # written last: its presence means complete
+            try:
+                tmp.rename(path)
+            except OSError:  # another run of a sweep finished the same teacher first: use theirs
+                shutil.rmtree(tmp, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    else:
+        log.info("teacher %s loaded from cache (%s)", key, path)
+    cached_tok = AutoTokenizer.from_pretrained(str(path))
+    if not same_tokenizer(cached_tok, tokenizer):
+        raise ValueError(f"cached teacher {path} was saved with another tokenizer; delete the folder to retrain it")
+    model = AutoModelForCausalLM.from_pretrained(str(path))
+    meta = json.loads((path / TEACHER_META).read_text())
+    return Teacher(model, layer=t.layer), tokenizer, {"source": str(path), **meta}
+
+
+def prepare_student(cfg: DictConfig, tokenizer, teacher: Teacher):
+    s = cfg.student
+    if s.pretrained:
+        check_same_tokenizer(s.pretrained, tokenizer, field="student.pretrained")
+    model = build_causal_lm(
+        tokenizer,
+        arch=s.arch,
+        model=_container(s.model),
+        pretrained=s.pretrained,
+        trust_remote_code=s.trust_remote_code,
+        field="student",
+    )
+    v_s = model.get_output_embeddings().out_features
+    v_t = teacher.model.get_output_embeddings().out_features
+    if v_s != v_t:
+        raise ValueError(
+            f"student vocabulary ({v_s}) differs from the teacher's ({v_t}): "
+            "student and teacher must share one tokenizer"
+        )
+    return model
+
+
+def depth_table(depths: list[int], columns: dict[str, dict[str, float]], metric: str = "chain_acc") -> str:
+    """Markdown table: one row per depth, one column per model, plus an overall row."""
+    names = list(columns)
+    lines = ["| depth | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for d in depths:
+        cells = [f"{columns[n].get(f'{metric}/depth_{d}', float('nan')):.3f}" for n in names]
+        lines.append(f"| {d} | " + " | ".join(cells) + " |")
+    lines.append("| all | " + " | ".join(f"{columns[n].get(metric, float('nan')):.3f}" for n in names) + " |")
+    return "\n".join(lines)
+
+
+def write_jsonl(path: Path, records: list[dict]) -> None:
+    from rtd_lab.utils import atomic_write_text
+
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))
+
+
+def _quiet_duplicate_logs() -> None:
+    # `import lightning` gives its logger a console handler of its own; under Hydra, whose root
+    # handlers already print to the console and the run's log file, every line would show twice.
+    if logging.getLogger().hasHandlers():
+        for handler in list(logging.getLogger("lightning").handlers):
+            logging.getLogger("lightning").removeHandler(handler)
+
+
+def train(cfg: DictConfig) -> dict:
+    """Run one experiment; returns what it writes to ``results.json``."""
+    _quiet_duplicate_logs()
+    out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    t0 = time.time()
+
+    datamodule: ReasoningDataModule = hydra.utils.instantiate(cfg.data)
+    benchmark = datamodule.benchmark
+    teacher, tokenizer, teacher_info = prepare_teacher(cfg, benchmark)
+    timings["teacher_ready"] = round(time.time() - t0, 1)
+
+    L.seed_everything(cfg.seed, workers=True)
+    student = prepare_student(cfg, tokenizer, teacher)
+    tokenizer.save_pretrained(out_dir / "tokenizer")
+    datamodule.connect(tokenizer)
+    evaluator = Evaluator(tokenizer, benchmark)
+
+    method_cfg = OmegaConf.to_container(cfg.method, resolve=True)
+    method_name = method_cfg.pop("name")
+    module = hydra.utils.instantiate(
+        method_cfg,
+        student=student,
+        teacher=teacher,
+        evaluator=evaluator,
+        optimizer=hydra.utils.instantiate(cfg.optim.optimizer),
+        scheduler=hydra.utils.instantiate(cfg.optim.scheduler),
+    )
+
+    logger = hydra.utils.instantiate(cfg.logger) if cfg.get("logger") else False
+    if logger:
+        logger.log_hyperparams(flatten(OmegaConf.to_container(cfg, resolve=True)))
+    callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    if not cfg.trainer.get("enable_progress_bar", True):
+        callbacks = [c for c in callbacks if not isinstance(c, TQDMProgressBar)]
+    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, logger=logger, callbacks=callbacks)
+
+    t1 = time.time()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    timings["student_fit"] = round(time.time() - t1, 1)
+
+    t2 = time.time()
+    trainer.test(module, datamodule=datamodule, verbose=False)
+    student_metrics = {k: float(v) for k, v in module.test_metric.compute().items()}
+    timings["student_eval"] = round(time.time() - t2, 1)
+
+    t3 = time.time()
+    teacher.to(module.device)
+    teacher_metrics, teacher_records = evaluator.evaluate(teacher.model, datamodule.test_dataloader(), "teacher eval")
+    timings["teacher_eval"] = round(time.time() - t3, 1)
+    timings["total"] = round(time.time() - t0, 1)
+
+    results = {
+        "method": method_name,
+        "seed": cfg.seed,
+        "depths": benchmark.depths,
+        "teacher": {**{k: v for k, v in teacher_info.items() if k != "config"}, "metrics": teacher_metrics},
+        "student": {"metrics": student_metrics, "steps": trainer.global_step},
+        "timings_seconds": timings,
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+    atomic_write_json(out_dir / "results.json", results)
+    write_jsonl(out_dir / "predictions_student.jsonl", module.test_records)
+    write_jsonl(out_dir / "predictions_teacher.jsonl", teacher_records)
+    if logger:
+        logger.log_metrics({f"teacher/{k}": v for k, v in teacher_metrics.items()}, step=trainer.global_step)
+        logger.finalize("success")
+        if isinstance(logger, WandbLogger):
+            # Close the run: the next job of a multirun, in this same process, must start its own.
+            logger.experiment.finish()
+
+    columns = {"teacher": teacher_metrics, f"student ({method_name})": student_metrics}
+    print(f"\nChain accuracy by depth, test split ({out_dir / 'results.json'}):")
+    print(depth_table(benchmark.depths, columns))
+    print(
+        f"student {method_name}: answer acc {student_metrics['answer_acc']:.3f}, "
+        f"step acc {student_metrics['step_acc']:.3f}, chain acc {student_metrics['chain_acc']:.3f}; "
+        f"wall time {timings['total']:.0f}s"
+    )
+    return results

@@ -1,0 +1,201 @@
+"""End to end: compose the real config, shrink it, run ``train``; the CLI and its errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.errors import ConfigCompositionException, InstantiationException, MissingConfigException
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+import rtd_lab.train as train_mod
+from rtd_lab.data.synthetic import SyntheticBenchmark
+from rtd_lab.data.tokenizer import build_synthetic_tokenizer
+from rtd_lab.train import train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_rtd_run_writes_results_and_prints_depth_table(make_cfg, capsys):
+    cfg = make_cfg()
+    results = train(cfg)
+    out = Path(cfg.paths.output_dir)
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["method"] == "rtd" and saved["depths"] == [1, 2, 3]
+    for who in ("teacher", "student"):
+        metrics = saved[who]["metrics"]
+        for d in (1, 2, 3):
+            assert 0.0 <= metrics[f"chain_acc/depth_{d}"] <= 1.0
+        assert {"chain_acc", "step_acc", "answer_acc"} <= set(metrics)
+    assert results["student"]["metrics"] == saved["student"]["metrics"]
+    assert len((out / "predictions_student.jsonl").read_text().splitlines()) == 12
+    assert (out / "checkpoints" / "last.ckpt").exists()
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
+    assert not any(k.startswith("teacher.") for k in ckpt["state_dict"])  # teacher lives in its cache
+    assert any(k.startswith("f.") for k in ckpt["state_dict"])  # RTD's projections are saved
+    printed = capsys.readouterr().out
+    assert "| depth | teacher | student (rtd) |" in printed and "| 3 |" in printed
+    metrics_csv = (out / "csv" / "metrics.csv").read_text().splitlines()[0]
+    assert "train/loss_align" in metrics_csv and "train/loss_coherence" in metrics_csv
+    assert "train/loss_kd" in metrics_csv
+
+
+def test_teacher_is_trained_once_then_reused_from_cache(make_cfg, monkeypatch):
+    cfg = make_cfg("+experiment=standard_kd")
+    train(cfg)
+    teachers = list((Path(cfg.paths.cache_dir) / "teachers").iterdir())
+    assert len(teachers) == 1 and (teachers[0] / "model.safetensors").exists()
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the cached teacher should have been reused")
+
+    monkeypatch.setattr(train_mod, "train_teacher", no_training)
+    results = train(make_cfg("+experiment=rtd"))
+    assert results["teacher"]["key"] == teachers[0].name
+    # A different teacher config is a different key: it would train again.
+    other = make_cfg("teacher.train.max_steps=4")
+    assert train_mod.teacher_key(other) != teachers[0].name
+
+
+def _tiny_pretrained_llama(tok, path: Path, width: int = 16) -> Path:
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=width,
+        intermediate_size=2 * width,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+    LlamaForCausalLM(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def test_pretrained_teacher_and_student_load_from_local_paths(make_cfg, tmp_path):
+    tok = build_synthetic_tokenizer(13)
+    teacher_dir = _tiny_pretrained_llama(tok, tmp_path / "teacher", width=24)
+    student_dir = _tiny_pretrained_llama(tok, tmp_path / "student", width=8)
+    cfg = make_cfg("teacher=pretrained", f"teacher.pretrained={teacher_dir}", f"student.pretrained={student_dir}")
+    results = train(cfg)
+    assert results["teacher"]["source"] == str(teacher_dir)
+    assert not (Path(cfg.paths.cache_dir) / "teachers").exists()  # nothing trained
+
+
+def test_bpe_tokenizer_gpt2_teacher_boundaries_and_run(make_cfg, tmp_path):
+    """Any fast tokenizer works: a byte-level BPE and a GPT-2 teacher, as a hub model would bring."""
+    bm = SyntheticBenchmark(modulus=13, max_depth=3, n_train_per_depth=40, n_val_per_depth=4, n_test_per_depth=4)
+    texts = [ex.question + bm.format.render(ex)[1] for ex in bm.splits()["train"]]
+    raw = Tokenizer(models.BPE(unk_token=None))
+    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    raw.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"]))
+    tok = PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=16, n_layer=2, n_head=2, n_positions=256)).save_pretrained(
+        tmp_path / "gpt2"
+    )
+    tok.save_pretrained(tmp_path / "gpt2")
+
+    from rtd_lab.data.datamodule import encode_example
+
+    for ex in bm.splits()["test"]:
+        enc = encode_example(ex, tok, bm.format)
+        for pos, step in zip(enc.boundary_pos, ex.steps, strict=True):
+            assert tok.decode(enc.input_ids[pos]).strip().endswith(str(step.value)[-1])
+    cfg = make_cfg(
+        "teacher=pretrained",
+        f"teacher.pretrained={tmp_path / 'gpt2'}",
+        "student.arch=gpt2",
+        "~student.model",
+        "+student.model={n_embd: 8, n_layer: 2, n_head: 2, n_positions: 256}",
+    )
+    results = train(cfg)
+    assert set(results["student"]["metrics"]) >= {"chain_acc/depth_1", "chain_acc/depth_3"}
+
+
+def test_student_with_another_tokenizer_is_refused_before_training(make_cfg, tmp_path):
+    student_dir = _tiny_pretrained_llama(build_synthetic_tokenizer(17), tmp_path / "student")
+    cfg = make_cfg(f"student.pretrained={student_dir}")
+    with pytest.raises(ValueError, match="student.pretrained.*different tokenizer"):
+        train(cfg)
+    assert not (Path(cfg.paths.output_dir) / "checkpoints").exists()
+
+
+@pytest.mark.parametrize(
+    "override,field",
+    [
+        ("method.w_align=-0.5", "method.w_align"),
+        ("method.temperature=0", "method.temperature"),
+        ("data.benchmark.min_depth=5", "data.max_depth"),
+        ("data.benchmark.modulus=1", "data.modulus"),
+        ("data.batch_size=0", "data.batch_size"),
+    ],
+)
+def test_invalid_values_fail_with_the_field_name(make_cfg, override, field):
+    with pytest.raises((ValueError, InstantiationException), match=field.replace(".", r"\.")):
+        train(make_cfg(override))
+
+
+def test_unknown_experiment_lists_the_known_ones(make_cfg):
+    with pytest.raises((MissingConfigException, ConfigCompositionException)) as err:
+        make_cfg("+experiment=nope")
+    assert "experiment/nope" in str(err.value) and "standard_kd" in str(err.value)
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RTD_LAB_CACHE": str(cwd / "cache")}
+    return subprocess.run(
+        [sys.executable, "-m", "rtd_lab", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+def test_cli_multirun_over_experiments(tmp_path):
+    """`python -m rtd_lab -m +experiment=rtd,standard_kd`: two runs, one teacher, W&B offline."""
+    proc = _cli("-m", "+experiment=rtd,standard_kd", "+debug=fast", "logger=wandb", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = sorted(tmp_path.glob("multirun/*/*/*/results.json"))
+    assert [json.loads(p.read_text())["method"] for p in results] == ["rtd", "standard_kd"]
+    assert len(list((tmp_path / "cache" / "teachers").iterdir())) == 1
+    # One offline W&B run per job (syncable later with `wandb sync`), not one run shared by both.
+    assert len(list(tmp_path.glob("multirun/*/*/*/wandb/offline-run-*"))) == 2
+    assert proc.stdout.count("| depth | teacher |") == 2
+
+
+def test_cli_unknown_experiment_is_a_clear_error(tmp_path):
+    proc = _cli("+experiment=does_not_exist", cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "Could not find 'experiment/does_not_exist'" in proc.stderr
+    assert "Available options" in proc.stderr
+
+
+EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_experiment_file_composes_and_names_its_method(make_cfg, name):
+    cfg = make_cfg(f"+experiment={name}")
+    assert cfg.method.name in cfg.tags  # experiment files tag runs with their method (W&B compare view)
+
+
+@pytest.mark.slow
+def test_default_calibration_teacher_solves_every_depth(make_cfg):
+    """The embedded default as shipped: the teacher reaches >= 95 % chain accuracy at every depth.
+
+    Minutes on 2 cores (it trains the real default teacher): `make test-slow`.
+    """
+    cfg = make_cfg("+experiment=cot_ft", "logger=csv", tiny=False)
+    results = train(cfg)
+    teacher = results["teacher"]["metrics"]
+    assert all(teacher[f"chain_acc/depth_{d}"] >= 0.95 for d in results["depths"]), teacher
+    student = results["student"]["metrics"]
+    # ...and the student trained with plain CE on the same gold traces falls off with depth.
+    first, last = results["depths"][0], results["depths"][-1]
+    assert student[f"chain_acc/depth_{last}"] < student[f"chain_acc/depth_{first}"]
