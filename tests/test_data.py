@@ -35,8 +35,9 @@ def test_splits_are_disjoint_and_balanced_by_depth():
             assert sum(e.depth == d for e in splits[split]) == n
 
 
-def test_every_step_builds_on_the_previous_one():
-    cfg = SyntheticConfig(**SMALL, distractors=2, shuffle=True)
+@pytest.mark.parametrize("rule", ["arithmetic", "table"])
+def test_every_step_builds_on_the_previous_one(rule):
+    cfg = SyntheticConfig(**SMALL, distractors=2, shuffle=True, rule=rule)
     for ex in generate_splits(cfg)["test"]:
         program, asked = ex.question.split(" ; ")
         defs = dict(part.split(" = ") for part in program.split(" , "))
@@ -46,8 +47,9 @@ def test_every_step_builds_on_the_previous_one():
         for i, step in enumerate(ex.steps):
             src, op, n = defs["abcdefghi"[i + 1]].split()
             assert src == "abcdefghi"[i]
-            assert step.text == f"{value} {op} {n} = {apply_op(value, op, int(n), cfg.modulus)}"
-            value = apply_op(value, op, int(n), cfg.modulus)
+            new = apply_op(value, op, int(n), cfg.modulus, cfg.seed)
+            assert step.text == f"{value} {op} {n} = {new}"
+            value = new
             assert step.value == value
         assert ex.answer == value and ex.depth == len(ex.steps)
 
@@ -66,12 +68,25 @@ def test_layout_is_fixed_so_step_i_sits_at_a_fixed_distance_from_definition_i():
         ("data.max_depth", dict(max_depth=9)),
         ("data.modulus", dict(modulus=1)),
         ("data.ops", dict(ops=["/"])),
+        ("data.ops", dict(rule="table", ops=["+"])),
+        ("data.rule", dict(rule="lookup")),
         ("data.n_test_per_depth", dict(n_test_per_depth=0)),
     ],
 )
 def test_invalid_config_names_the_field(field, kwargs):
     with pytest.raises(ValueError, match=field.replace(".", r"\.")):
         SyntheticConfig(**kwargs)
+
+
+def test_table_rule_is_a_fixed_permutation_per_operand():
+    from rtd_lab.data.synthetic import TABLE_OPS, lookup_tables
+
+    tables = lookup_tables(11, 0)
+    assert set(tables) == set(TABLE_OPS)
+    for op in TABLE_OPS:
+        for n in range(11):
+            assert sorted(tables[op][n]) == list(range(11))  # a bijection: no information lost
+    assert lookup_tables(11, 0) == tables and lookup_tables(11, 1) != tables  # fixed by the data seed
 
 
 def test_too_many_questions_for_the_space_is_a_clear_error():

@@ -12,26 +12,32 @@ the sequential structure RTD assumes. A step concludes at its value token: that 
 Difficulty knobs (all in ``conf/data/synthetic.yaml``):
   modulus      size of the number field; the per-step arithmetic table has |ops|·modulus² entries
   min/max_depth  the range of chain lengths k (1..8)
-  ops          which of + - * appear
+  rule         "arithmetic": + - * modulo ``modulus``; "table": operators @ & % name random tables
+               (one permutation per operand) that must be memorised fact by fact: much slower
+               to learn (a 2-layer width-48 model was still at chance after 1500 steps)
+  ops          which operators of the rule appear (default: all three)
   distractors  extra definitions, off the chain, that the trace must ignore (the definitions past
                the asked variable are distractors already)
   shuffle      present the definitions in random order (the model must look each one up by name)
 
 Splits are disjoint: test, then val, then train questions are drawn from separate random streams,
 and a later split never reuses a question of an earlier one. Test and val are also unique within
-themselves; train may repeat a question (depth 1 has only ~1.5k distinct ones at modulus 23).
+themselves; train may repeat a question (a small modulus and max_depth leave few distinct ones).
 """
 
 from __future__ import annotations
 
+import functools
 import random
 import re
 import string
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 
 from rtd_lab.data.example import ReasoningExample, Step, TraceFormat
 
-OPS = ("+", "-", "*")
+OPS = ("+", "-", "*")  # rule "arithmetic": modular arithmetic
+TABLE_OPS = ("@", "&", "%")  # rule "table": each names a random table, one permutation per operand
+RULES = ("arithmetic", "table")
 MAX_DEPTH = 8
 CHAIN_NAMES = string.ascii_lowercase[: MAX_DEPTH + 1]  # a..i: a holds the start value
 DISTRACTOR_NAMES = string.ascii_lowercase[::-1][:8]  # z, y, x, ...: never on the chain
@@ -43,17 +49,20 @@ class SyntheticConfig:
     modulus: int = 23
     min_depth: int = 1
     max_depth: int = 6
-    ops: tuple[str, ...] = OPS
+    rule: str = "arithmetic"
+    ops: tuple[str, ...] | None = None  # None: every operator of the rule
     distractors: int = 0
     shuffle: bool = False
     n_train_per_depth: int = 3000
     n_val_per_depth: int = 50
     n_test_per_depth: int = 100
     seed: int = 0
-    splits: tuple[str, ...] = field(default=("train", "val", "test"), repr=False)
 
     def __post_init__(self) -> None:
-        self.ops = tuple(self.ops)
+        if self.rule not in RULES:
+            raise ValueError(f"data.rule must be one of {list(RULES)}, got {self.rule!r}")
+        allowed = OPS if self.rule == "arithmetic" else TABLE_OPS
+        self.ops = tuple(allowed if self.ops is None else self.ops)
         if not 3 <= self.modulus <= 997:
             raise ValueError(f"data.modulus must be in [3, 997], got {self.modulus}")
         if not 1 <= self.min_depth <= MAX_DEPTH:
@@ -63,9 +72,12 @@ class SyntheticConfig:
                 f"data.max_depth must be in [data.min_depth={self.min_depth}, {MAX_DEPTH}], "
                 f"got {self.max_depth} (the depth range is empty)"
             )
-        bad = [op for op in self.ops if op not in OPS]
+        bad = [op for op in self.ops if op not in allowed]
         if not self.ops or bad:
-            raise ValueError(f"data.ops must be a non-empty subset of {list(OPS)}, got {list(self.ops)}")
+            raise ValueError(
+                f"data.ops must be a non-empty subset of {list(allowed)} for data.rule={self.rule}, "
+                f"got {list(self.ops)}"
+            )
         if not 0 <= self.distractors <= len(DISTRACTOR_NAMES):
             raise ValueError(f"data.distractors must be in [0, {len(DISTRACTOR_NAMES)}], got {self.distractors}")
         for name in ("n_train_per_depth", "n_val_per_depth", "n_test_per_depth"):
@@ -76,14 +88,30 @@ class SyntheticConfig:
     def depths(self) -> list[int]:
         return list(range(self.min_depth, self.max_depth + 1))
 
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d.pop("splits")
-        d["ops"] = list(self.ops)
-        return d
+
+@functools.lru_cache(maxsize=8)
+def lookup_tables(modulus: int, seed: int) -> dict[str, list[list[int]]]:
+    """Rule "table": ``tables[op][n]`` is a random permutation of 0..modulus-1, fixed by the data seed.
+
+    A permutation per operand keeps every step information-preserving (as + and - are), and a
+    table has no structure a model could discover instead of memorising it: learning is gradual,
+    fact by fact, where modular arithmetic is often learned all at once ("grokking").
+    """
+    rng = random.Random(f"tables/{modulus}/{seed}")
+    tables = {}
+    for op in TABLE_OPS:
+        rows = []
+        for _ in range(modulus):
+            perm = list(range(modulus))
+            rng.shuffle(perm)
+            rows.append(perm)
+        tables[op] = rows
+    return tables
 
 
-def apply_op(x: int, op: str, n: int, modulus: int) -> int:
+def apply_op(x: int, op: str, n: int, modulus: int, seed: int = 0) -> int:
+    if op in TABLE_OPS:
+        return lookup_tables(modulus, seed)[op][n][x]
     if op == "+":
         return (x + n) % modulus
     if op == "-":
@@ -93,6 +121,8 @@ def apply_op(x: int, op: str, n: int, modulus: int) -> int:
 
 def _operand(rng: random.Random, op: str, modulus: int) -> int:
     # Multiplying by 0 or 1 would make a step trivial or erase the chain's history.
+    if op in TABLE_OPS:
+        return rng.randrange(modulus)
     return rng.randint(2, modulus - 1) if op == "*" else rng.randint(1, modulus - 1)
 
 
@@ -112,7 +142,7 @@ def sample_example(rng: random.Random, depth: int, cfg: SyntheticConfig, uid: st
         op = rng.choice(cfg.ops)
         n = _operand(rng, op, m)
         defs.append(f"{CHAIN_NAMES[i]} = {CHAIN_NAMES[i - 1]} {op} {n}")
-        new = apply_op(value, op, n, m)
+        new = apply_op(value, op, n, m, cfg.seed)
         if i <= depth:
             steps.append(Step(text=f"{value} {op} {n} = {new}", value=new))
         value = new

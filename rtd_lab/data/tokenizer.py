@@ -13,7 +13,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
 SPECIAL = {"pad_token": "<pad>", "bos_token": "<bos>", "eos_token": "<eos>", "unk_token": "<unk>"}
-SYMBOLS = ["=", ",", ";", "?", ":", "####", "+", "-", "*"]
+SYMBOLS = ["=", ",", ";", "?", ":", "####", "+", "-", "*", "@", "&", "%"]
 
 
 def build_synthetic_tokenizer(modulus: int) -> PreTrainedTokenizerFast:

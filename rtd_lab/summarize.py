@@ -1,0 +1,53 @@
+"""Chain accuracy by depth, mean over seeds, for every method found under some run directories.
+
+    python -m rtd_lab.summarize multirun/2026-11-22/03-29-04 [more dirs ...]
+
+Reads every ``results.json`` below the given directories. A first, plain summary; the full
+report (confidence intervals, paired tests, plots, W&B) is ``task=report``'s job.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+from statistics import mean
+
+
+def load_results(dirs: list[str | Path]) -> list[dict]:
+    runs = []
+    for d in dirs:
+        for path in sorted(Path(d).rglob("results.json")):
+            runs.append(json.loads(path.read_text()))
+    return runs
+
+
+def summarize(runs: list[dict], metric: str = "chain_acc") -> str:
+    if not runs:
+        raise ValueError("no results.json found under the given directories")
+    depths = runs[0]["depths"]
+    by_method: dict[str, list[dict]] = defaultdict(list)
+    for r in runs:
+        by_method[r["method"]].append(r["student"]["metrics"])
+    # The teacher is the same for every run of a sweep: report it once, averaged like the rest.
+    columns = {"teacher": [r["teacher"]["metrics"] for r in runs], **by_method}
+    header = " | ".join(f"{name} (n={len(ms) if name != 'teacher' else 1})" for name, ms in columns.items())
+    lines = [f"| depth | {header} |", "|---|" + "---|" * len(columns)]
+    for key, label in [(f"{metric}/depth_{d}", str(d)) for d in depths] + [(metric, "all")]:
+        cells = [f"{mean(m[key] for m in ms):.3f}" for ms in columns.values()]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> None:
+    if not argv:
+        raise SystemExit(__doc__)
+    metric = "chain_acc"
+    if argv[0].startswith("--metric="):
+        metric, argv = argv[0].split("=", 1)[1], argv[1:]
+    print(summarize(load_results(argv), metric))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
