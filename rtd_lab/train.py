@@ -31,6 +31,9 @@ from rtd_lab.utils import atomic_write_json, config_hash, flatten
 
 log = logging.getLogger(__name__)
 TEACHER_META = "rtd_teacher.json"
+# Part of every teacher's cache key: bump it when code that shapes a from-scratch teacher changes
+# (the benchmark generator, the tokenizer, the training loop), so no stale teacher is reused.
+TEACHER_CACHE_VERSION = 1
 
 
 def _container(node: Any) -> Any:
@@ -42,6 +45,7 @@ def teacher_key(cfg: DictConfig) -> str:
     t = cfg.teacher
     return config_hash(
         {
+            "version": TEACHER_CACHE_VERSION,
             "benchmark": _container(cfg.data.benchmark),
             "arch": t.arch,
             "model": _container(t.model),

@@ -199,3 +199,13 @@ def test_default_calibration_teacher_solves_every_depth(make_cfg):
     # ...and the student trained with plain CE on the same gold traces falls off with depth.
     first, last = results["depths"][0], results["depths"][-1]
     assert student[f"chain_acc/depth_{last}"] < student[f"chain_acc/depth_{first}"]
+
+
+def test_teacher_key_changes_with_what_shapes_the_teacher(make_cfg, monkeypatch):
+    base = train_mod.teacher_key(make_cfg())
+    assert train_mod.teacher_key(make_cfg()) == base  # stable
+    assert train_mod.teacher_key(make_cfg("data.benchmark.modulus=13")) != base
+    assert train_mod.teacher_key(make_cfg("teacher.model.hidden_size=24")) != base
+    assert train_mod.teacher_key(make_cfg("student.model.hidden_size=12")) == base  # not the student's
+    monkeypatch.setattr(train_mod, "TEACHER_CACHE_VERSION", train_mod.TEACHER_CACHE_VERSION + 1)
+    assert train_mod.teacher_key(make_cfg()) != base
