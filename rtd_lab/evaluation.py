@@ -13,6 +13,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
+from rtd_lab.data.datamodule import move_batch
 from rtd_lab.data.example import ReasoningExample
 from rtd_lab.metrics import ReasoningAccuracy
 
@@ -78,8 +79,7 @@ class Evaluator:
         device = next(model.parameters()).device
         records: list[dict] = []
         for batch in tqdm(dataloader, desc=desc, leave=False):
-            batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-            scored = self.score_batch(model, batch)
+            scored = self.score_batch(model, move_batch(batch, device))
             self.update_metric(metric, scored)
             records.extend(asdict(s) for s in scored)
         return {k: float(v) for k, v in metric.compute().items()}, records

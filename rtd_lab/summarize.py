@@ -23,21 +23,26 @@ def load_results(dirs: list[str | Path]) -> list[dict]:
     return runs
 
 
+def depth_table(depths: list[int], columns: dict[str, dict[str, float]], metric: str = "chain_acc") -> str:
+    """Markdown table: one row per depth plus an overall row, one column per model."""
+    names = list(columns)
+    lines = ["| depth | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for key, label in [(f"{metric}/depth_{d}", str(d)) for d in depths] + [(metric, "all")]:
+        lines.append(f"| {label} | " + " | ".join(f"{columns[n].get(key, float('nan')):.3f}" for n in names) + " |")
+    return "\n".join(lines)
+
+
 def summarize(runs: list[dict], metric: str = "chain_acc") -> str:
     if not runs:
         raise ValueError("no results.json found under the given directories")
-    depths = runs[0]["depths"]
     by_method: dict[str, list[dict]] = defaultdict(list)
     for r in runs:
         by_method[r["method"]].append(r["student"]["metrics"])
     # The teacher is the same for every run of a sweep: report it once, averaged like the rest.
-    columns = {"teacher": [r["teacher"]["metrics"] for r in runs], **by_method}
-    header = " | ".join(f"{name} (n={len(ms) if name != 'teacher' else 1})" for name, ms in columns.items())
-    lines = [f"| depth | {header} |", "|---|" + "---|" * len(columns)]
-    for key, label in [(f"{metric}/depth_{d}", str(d)) for d in depths] + [(metric, "all")]:
-        cells = [f"{mean(m[key] for m in ms):.3f}" for ms in columns.values()]
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    groups = {"teacher (n=1)": [r["teacher"]["metrics"] for r in runs]}
+    groups |= {f"{name} (n={len(ms)})": ms for name, ms in by_method.items()}
+    columns = {name: {k: mean(m[k] for m in ms) for k in ms[0]} for name, ms in groups.items()}
+    return depth_table(runs[0]["depths"], columns, metric)
 
 
 def main(argv: list[str]) -> None:

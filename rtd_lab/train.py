@@ -27,7 +27,8 @@ from rtd_lab.methods.cot_ft import CoTFineTune
 from rtd_lab.models.build import build_causal_lm, check_same_tokenizer, load_tokenizer
 from rtd_lab.models.teacher import Teacher
 from rtd_lab.optim import warmup_cosine
-from rtd_lab.utils import atomic_write_json, config_hash, flatten
+from rtd_lab.summarize import depth_table
+from rtd_lab.utils import atomic_write_json, atomic_write_jsonl, config_hash, flatten
 
 log = logging.getLogger(__name__)
 TEACHER_META = "rtd_teacher.json"
@@ -154,23 +155,6 @@ def prepare_student(cfg: DictConfig, tokenizer, teacher: Teacher):
     return model
 
 
-def depth_table(depths: list[int], columns: dict[str, dict[str, float]], metric: str = "chain_acc") -> str:
-    """Markdown table: one row per depth, one column per model, plus an overall row."""
-    names = list(columns)
-    lines = ["| depth | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
-    for d in depths:
-        cells = [f"{columns[n].get(f'{metric}/depth_{d}', float('nan')):.3f}" for n in names]
-        lines.append(f"| {d} | " + " | ".join(cells) + " |")
-    lines.append("| all | " + " | ".join(f"{columns[n].get(metric, float('nan')):.3f}" for n in names) + " |")
-    return "\n".join(lines)
-
-
-def write_jsonl(path: Path, records: list[dict]) -> None:
-    from rtd_lab.utils import atomic_write_text
-
-    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))
-
-
 def _quiet_duplicate_logs() -> None:
     # `import lightning` gives its logger a console handler of its own; under Hydra, whose root
     # handlers already print to the console and the run's log file, every line would show twice.
@@ -242,8 +226,8 @@ def train(cfg: DictConfig) -> dict:
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
     atomic_write_json(out_dir / "results.json", results)
-    write_jsonl(out_dir / "predictions_student.jsonl", module.test_records)
-    write_jsonl(out_dir / "predictions_teacher.jsonl", teacher_records)
+    atomic_write_jsonl(out_dir / "predictions_student.jsonl", module.test_records)
+    atomic_write_jsonl(out_dir / "predictions_teacher.jsonl", teacher_records)
     if logger:
         logger.log_metrics({f"teacher/{k}": v for k, v in teacher_metrics.items()}, step=trainer.global_step)
         logger.finalize("success")

@@ -34,6 +34,10 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
+def atomic_write_jsonl(path: str | Path, records: list[dict]) -> None:
+    atomic_write_text(path, "".join(json.dumps(r, default=str) + "\n" for r in records))
+
+
 def flatten(d: dict, prefix: str = "", sep: str = ".") -> dict[str, Any]:
     """{"a": {"b": 1}} → {"a.b": 1}: loggers (W&B, CSV) compare runs by flat keys."""
     out: dict[str, Any] = {}

@@ -58,6 +58,11 @@ def encode_example(ex: ReasoningExample, tokenizer, fmt: TraceFormat) -> Encoded
     return Encoded(ex, ids, labels, boundary, n_prompt)
 
 
+def move_batch(batch: dict, device: torch.device) -> dict:
+    """Tensors move; the gold ReasoningExample objects ride along untouched."""
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
 class Collator:
     def __init__(self, pad_id: int):
         self.pad_id = pad_id
@@ -169,8 +174,7 @@ class ReasoningDataModule(L.LightningDataModule):
         }
 
     def transfer_batch_to_device(self, batch: dict, device: torch.device, dataloader_idx: int) -> dict:
-        # Tensors move; the gold ReasoningExample objects ride along untouched.
-        return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        return move_batch(batch, device)
 
     def _loader(self, split: str, shuffle: bool, batch_size: int) -> DataLoader:
         self.setup()
