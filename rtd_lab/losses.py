@@ -7,18 +7,46 @@ short chain's padding never counts. Equations are those of seed 001 (Reasoning T
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
 IGNORE_INDEX = -100
+DIVERGENCES = ("forward_kl", "reverse_kl", "jsd")
 
 
 class KDLoss(NamedTuple):
-    loss: torch.Tensor  # alpha * T^2 * KL + (1 - alpha) * CE
-    kl: torch.Tensor  # KL(p_T || p_S) at temperature T, mean over supervised tokens
+    loss: torch.Tensor  # alpha * T^2 * D + (1 - alpha) * CE
+    div: torch.Tensor  # D(p_T, p_S) at temperature T, mean over supervised tokens
     ce: torch.Tensor  # cross-entropy against the labels, mean over supervised tokens
+
+
+def token_divergence(
+    log_p_s: torch.Tensor, log_p_t: torch.Tensor, divergence: str = "forward_kl", beta: float = 0.5
+) -> torch.Tensor:
+    """Per-token divergence between teacher and student distributions: (N, V), (N, V) → (N,).
+
+        forward_kl:  KL(p_T || p_S) = sum_v p_T (log p_T - log p_S)      (mass-covering, Hinton KD)
+        reverse_kl:  KL(p_S || p_T) = sum_v p_S (log p_S - log p_T)      (mode-seeking)
+        jsd:         generalized JSD of GKD (Agarwal et al. 2024), m = beta p_T + (1 - beta) p_S,
+                     D = beta KL(p_T || m) + (1 - beta) KL(p_S || m);
+                     beta = 0 and beta = 1 are taken as forward and reverse KL (as TRL does),
+                     since the mixture formula itself vanishes at both ends.
+
+    Inputs are log-probabilities (already divided by the temperature and log-softmaxed).
+    """
+    if divergence == "forward_kl" or (divergence == "jsd" and beta == 0.0):
+        return (log_p_t.exp() * (log_p_t - log_p_s)).sum(-1)
+    if divergence == "reverse_kl" or (divergence == "jsd" and beta == 1.0):
+        return (log_p_s.exp() * (log_p_s - log_p_t)).sum(-1)
+    if divergence != "jsd":
+        raise ValueError(f"method.divergence must be one of {list(DIVERGENCES)}, got {divergence!r}")
+    log_m = torch.logsumexp(torch.stack([log_p_t + math.log(beta), log_p_s + math.log(1 - beta)]), dim=0)
+    kl_t = (log_p_t.exp() * (log_p_t - log_m)).sum(-1)
+    kl_s = (log_p_s.exp() * (log_p_s - log_m)).sum(-1)
+    return beta * kl_t + (1 - beta) * kl_s
 
 
 def kd_loss(
@@ -27,10 +55,14 @@ def kd_loss(
     labels: torch.Tensor,
     alpha: float = 0.7,
     temperature: float = 4.0,
+    divergence: str = "forward_kl",
+    beta: float = 0.5,
 ) -> KDLoss:
     """Standard knowledge distillation (Hinton et al. 2015), the seed's baseline.
 
         L_KD = alpha * T^2 * KL(p_T || p_S) + (1 - alpha) * CE(p_S, y),   p_X = softmax(z_X / T)
+
+    with KL(p_T || p_S) replaceable by any ``token_divergence`` (``divergence``, ``beta``).
 
     Args:
         student_logits: (B, T, V); position t predicts ``labels[:, t]`` (already shifted).
@@ -38,6 +70,7 @@ def kd_loss(
         labels: (B, T) token ids, ``-100`` where nothing is supervised (prompt, padding).
         alpha: weight of the distillation term, in [0, 1].
         temperature: T > 0; the T^2 factor keeps gradient scale independent of T.
+        divergence: "forward_kl" (the seed's), "reverse_kl" or "jsd" (with ``beta`` in [0, 1]).
 
     Only positions with ``labels != -100`` count, so the prompt is never distilled.
     """
@@ -47,9 +80,9 @@ def kd_loss(
     t = teacher_logits[mask].float()
     log_p_s = F.log_softmax(s / temperature, dim=-1)
     log_p_t = F.log_softmax(t / temperature, dim=-1)
-    kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum() / n
+    div = token_divergence(log_p_s, log_p_t, divergence, beta).sum() / n
     ce = F.cross_entropy(s, labels[mask], reduction="sum") / n
-    return KDLoss(alpha * temperature**2 * kl + (1 - alpha) * ce, kl, ce)
+    return KDLoss(alpha * temperature**2 * div + (1 - alpha) * ce, div, ce)
 
 
 def gather_boundaries(hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from rtd_lab.losses import align_loss, coherence_loss, gather_boundaries, kd_loss, transitions
+from rtd_lab.losses import align_loss, coherence_loss, gather_boundaries, kd_loss, token_divergence, transitions
 
 
 def _np_softmax(x):
@@ -70,7 +70,7 @@ def test_kd_identical_logits_is_pure_ce_term():
     s = torch.randn(2, 4, 6)
     labels = torch.randint(0, 6, (2, 4))
     out = kd_loss(s, s.clone(), labels, alpha=0.7, temperature=4.0)
-    assert out.kl.item() == pytest.approx(0.0, abs=1e-6)
+    assert out.div.item() == pytest.approx(0.0, abs=1e-6)
     ce = torch.nn.functional.cross_entropy(s.reshape(-1, 6), labels.reshape(-1))
     assert out.loss.item() == pytest.approx(0.3 * ce.item(), rel=1e-5)
 
@@ -149,3 +149,62 @@ def test_gather_boundaries_picks_positions():
     pos = torch.tensor([[1, 4], [0, 2]])
     out = gather_boundaries(hidden, pos)
     assert torch.equal(out[0, 1], hidden[0, 4]) and torch.equal(out[1, 0], hidden[1, 0])
+
+
+# ---- divergence choice (forward KL, reverse KL, generalized JSD) -------------------------------
+def _np_kl(p, q):
+    return float(np.sum(p * (np.log(p) - np.log(q))))
+
+
+def _log_probs(seed, n=5, v=7):
+    g = torch.Generator().manual_seed(seed)
+    return torch.log_softmax(torch.randn(n, v, generator=g), -1), torch.log_softmax(torch.randn(n, v, generator=g), -1)
+
+
+@pytest.mark.parametrize("beta", [0.1, 0.5, 0.9])
+def test_jsd_matches_reference(beta):
+    log_s, log_t = _log_probs(3)
+    got = token_divergence(log_s, log_t, "jsd", beta)
+    for i in range(log_s.shape[0]):
+        p_t, p_s = log_t[i].exp().numpy(), log_s[i].exp().numpy()
+        m = beta * p_t + (1 - beta) * p_s
+        want = beta * _np_kl(p_t, m) + (1 - beta) * _np_kl(p_s, m)
+        assert got[i].item() == pytest.approx(want, rel=1e-5)
+
+
+def test_jsd_endpoints_are_the_two_kls_and_half_is_the_symmetric_jsd():
+    log_s, log_t = _log_probs(4)
+    fwd = token_divergence(log_s, log_t, "forward_kl")
+    rev = token_divergence(log_s, log_t, "reverse_kl")
+    torch.testing.assert_close(token_divergence(log_s, log_t, "jsd", 0.0), fwd)
+    torch.testing.assert_close(token_divergence(log_s, log_t, "jsd", 1.0), rev)
+    # beta = 1/2 is the ordinary Jensen-Shannon divergence: symmetric, bounded by log 2.
+    half = token_divergence(log_s, log_t, "jsd", 0.5)
+    torch.testing.assert_close(half, token_divergence(log_t, log_s, "jsd", 0.5))
+    assert torch.all(half <= math.log(2) + 1e-6) and torch.all(half >= 0)
+    for i in range(log_s.shape[0]):
+        p_t, p_s = log_t[i].exp().numpy(), log_s[i].exp().numpy()
+        assert fwd[i].item() == pytest.approx(_np_kl(p_t, p_s), rel=1e-5)
+        assert rev[i].item() == pytest.approx(_np_kl(p_s, p_t), rel=1e-5)
+
+
+@pytest.mark.parametrize("divergence", ["forward_kl", "reverse_kl", "jsd"])
+def test_every_divergence_is_zero_for_identical_distributions(divergence):
+    log_p, _ = _log_probs(5)
+    assert token_divergence(log_p, log_p.clone(), divergence, 0.3).abs().max().item() < 1e-6
+
+
+def test_kd_loss_uses_the_chosen_divergence():
+    g = torch.Generator().manual_seed(6)
+    s, t = torch.randn(2, 4, 6, generator=g), torch.randn(2, 4, 6, generator=g)
+    labels = torch.randint(0, 6, (2, 4), generator=g)
+    labels[0, 0] = -100
+    rev = kd_loss(s, t, labels, alpha=1.0, temperature=2.0, divergence="reverse_kl")
+    mask = labels != -100
+    want = token_divergence(
+        torch.log_softmax(s[mask] / 2.0, -1), torch.log_softmax(t[mask] / 2.0, -1), "reverse_kl"
+    ).mean()
+    assert rev.loss.item() == pytest.approx(4.0 * want.item(), rel=1e-5)  # alpha * T^2 * D
+    assert rev.div.item() != pytest.approx(kd_loss(s, t, labels, 1.0, 2.0).div.item())
+    with pytest.raises(ValueError, match="method.divergence"):
+        token_divergence(s[0], t[0], "wasserstein")

@@ -100,6 +100,8 @@ def test_rtd_with_zero_weights_equals_standard_kd(setup):
         (dict(temperature=0.0), "method.temperature"),
         (dict(alpha=1.5), "method.alpha"),
         (dict(student_layer=9), "method.student_layer"),
+        (dict(divergence="l2"), "method.divergence"),
+        (dict(divergence="jsd", beta=1.5), "method.beta"),
     ],
 )
 def test_invalid_method_values_name_the_field(setup, kwargs, field):

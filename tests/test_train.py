@@ -209,3 +209,12 @@ def test_teacher_key_changes_with_what_shapes_the_teacher(make_cfg, monkeypatch)
     assert train_mod.teacher_key(make_cfg("student.model.hidden_size=12")) == base  # not the student's
     monkeypatch.setattr(train_mod, "TEACHER_CACHE_VERSION", train_mod.TEACHER_CACHE_VERSION + 1)
     assert train_mod.teacher_key(make_cfg()) != base
+
+
+@pytest.mark.parametrize("divergence", ["reverse_kl", "jsd"])
+def test_kd_divergence_is_chosen_by_config(make_cfg, divergence):
+    cfg = make_cfg("+experiment=standard_kd", f"method.divergence={divergence}", "method.beta=0.3")
+    results = train(cfg)
+    assert results["config"]["method"]["divergence"] == divergence
+    header = (Path(cfg.paths.output_dir) / "csv" / "metrics.csv").read_text().splitlines()[0]
+    assert "train/loss_div" in header

@@ -27,14 +27,16 @@ class RTD(ReasoningModule):
         *args,
         alpha: float = 0.7,
         temperature: float = 4.0,
+        divergence: str = "forward_kl",
+        beta: float = 0.5,
         w_align: float = 0.3,
         w_coherence: float = 0.5,
         student_layer: int = -1,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
-        check_kd(alpha, temperature)
-        self.alpha, self.temperature = alpha, temperature
+        check_kd(alpha, temperature, divergence, beta)
+        self.alpha, self.temperature, self.divergence, self.beta = alpha, temperature, divergence, beta
         self.w_align = check_weight(w_align, "method.w_align")
         self.w_coherence = check_weight(w_coherence, "method.w_coherence")
         n_layers = self.student.config.num_hidden_layers
@@ -49,7 +51,15 @@ class RTD(ReasoningModule):
         pos, mask = batch["boundary_pos"], batch["boundary_mask"]  # (B, K)
         s = self.student_forward(batch, hidden=True)
         t = self.teacher(batch["input_ids"], boundary_pos=pos)
-        kd = kd_loss(s.logits[:, :-1], t.logits[:, :-1], batch["labels"][:, 1:], self.alpha, self.temperature)
+        kd = kd_loss(
+            s.logits[:, :-1],
+            t.logits[:, :-1],
+            batch["labels"][:, 1:],
+            self.alpha,
+            self.temperature,
+            self.divergence,
+            self.beta,
+        )
 
         h_s = gather_boundaries(s.hidden_states[self.student_layer], pos)  # (B, K, D_S)
         h_t = t.boundary_hidden  # (B, K, D_T)
