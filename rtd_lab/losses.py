@@ -145,3 +145,19 @@ def coherence_loss(delta_s_proj: torch.Tensor, delta_t: torch.Tensor, mask: torc
     """
     cos = F.cosine_similarity(delta_s_proj.float(), delta_t.float(), dim=-1, eps=1e-8)  # (B, K-1)
     return _per_chain_mean((1.0 - cos) ** 2, mask)
+
+
+def hint_loss(h_s_proj: torch.Tensor, h_t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """FitNets hint loss (Romero et al. 2015), at every token rather than at step boundaries:
+
+        L_hint = mean over real tokens t and dimensions d of (W h_S[t] - h_T[t])_d^2
+
+    Args:
+        h_s_proj: (B, T, D_T) student hidden states of one layer, already projected (W h_S).
+        h_t: (B, T, D_T) teacher hidden states of the matched layer.
+        mask: (B, T) True on real (non-padding) tokens.
+    """
+    mask = mask.bool()
+    if not mask.any():
+        return (h_s_proj * 0.0).sum()
+    return F.mse_loss(h_s_proj[mask].float(), h_t[mask].float())

@@ -218,3 +218,11 @@ def test_kd_divergence_is_chosen_by_config(make_cfg, divergence):
     assert results["config"]["method"]["divergence"] == divergence
     header = (Path(cfg.paths.output_dir) / "csv" / "metrics.csv").read_text().splitlines()[0]
     assert "train/loss_div" in header
+
+
+def test_fitnets_experiment_trains_and_logs_its_hint(make_cfg):
+    cfg = make_cfg("+experiment=fitnets")
+    results = train(cfg)
+    assert results["method"] == "fitnets"
+    header = (Path(cfg.paths.output_dir) / "csv" / "metrics.csv").read_text().splitlines()[0]
+    assert "train/loss_hint" in header and "train/loss_kd" in header

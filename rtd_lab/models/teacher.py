@@ -13,6 +13,7 @@ from rtd_lab.losses import gather_boundaries
 class TeacherOutput(NamedTuple):
     logits: torch.Tensor  # (B, T, V)
     boundary_hidden: torch.Tensor | None  # (B, K, D_T) at ``layer``, or None when not asked for
+    layer_hidden: tuple[torch.Tensor, ...] | None = None  # (B, T, D_T) per layer of ``hidden_layers``
 
 
 class Teacher(nn.Module):
@@ -41,8 +42,10 @@ class Teacher(nn.Module):
         input_ids: torch.Tensor,
         boundary_pos: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
+        hidden_layers: list[int] | None = None,
     ) -> TeacherOutput:
-        """Logits (B, T, V) and, given ``boundary_pos`` (B, K), hidden states there (B, K, D_T).
+        """Logits (B, T, V) and, given ``boundary_pos`` (B, K), hidden states there (B, K, D_T);
+        given ``hidden_layers``, the full hidden states (B, T, D_T) of those layers (FitNets hints).
 
         Training batches are right-padded, so ``attention_mask`` may be left out (see
         ``ReasoningModule.student_forward``).
@@ -50,10 +53,11 @@ class Teacher(nn.Module):
         out = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
-            output_hidden_states=boundary_pos is not None,
+            output_hidden_states=boundary_pos is not None or bool(hidden_layers),
             use_cache=False,
         )
         hidden = None
         if boundary_pos is not None:
             hidden = gather_boundaries(out.hidden_states[self.layer], boundary_pos)
-        return TeacherOutput(out.logits, hidden)
+        layers = tuple(out.hidden_states[i] for i in hidden_layers) if hidden_layers else None
+        return TeacherOutput(out.logits, hidden, layers)
