@@ -34,12 +34,13 @@ class Encoded:
     prompt_len: int
 
 
-def encode_example(ex: ReasoningExample, tokenizer, fmt: TraceFormat) -> Encoded:
+def encode_example(ex: ReasoningExample, tokenizer, fmt: TraceFormat, with_trace: bool = True) -> Encoded:
     """Tokenise one example and find the token at which each step concludes.
 
     Works with any fast tokenizer: boundaries come from the offset mapping, not from our vocabulary.
+    ``with_trace=False`` supervises the answer alone (no steps, so no boundaries).
     """
-    prompt, completion, step_ends = fmt.render(ex)
+    prompt, completion, step_ends = fmt.render(ex, with_trace)
     enc = tokenizer(prompt + completion, add_special_tokens=True)
     ids = list(enc["input_ids"])
     offsets = enc.encodings[0].offsets
@@ -143,6 +144,7 @@ class ReasoningDataModule(L.LightningDataModule):
         num_workers: int = 0,
         bucket_by_length: bool = False,
         seed: int = 0,
+        answer_only: bool = False,
     ):
         super().__init__()
         if batch_size < 1:
@@ -154,6 +156,9 @@ class ReasoningDataModule(L.LightningDataModule):
         self.eval_batch_size = eval_batch_size
         self.num_workers = num_workers
         self.bucket_by_length = bucket_by_length
+        # Train/val targets without the trace (SFT on gold answers). Test prompts are the same either
+        # way, and scoring always uses the gold steps.
+        self.answer_only = answer_only
         self.seed = seed
         self.tokenizer = None
         self.encoded: dict[str, list[Encoded]] = {}
@@ -169,7 +174,7 @@ class ReasoningDataModule(L.LightningDataModule):
             return
         fmt = self.benchmark.format
         self.encoded = {
-            split: [encode_example(ex, self.tokenizer, fmt) for ex in examples]
+            split: [encode_example(ex, self.tokenizer, fmt, with_trace=not self.answer_only) for ex in examples]
             for split, examples in self.benchmark.splits().items()
         }
 

@@ -24,12 +24,15 @@ class TraceFormat:
     step_sep: str = " ; "
     answer_prefix: str = " #### "
 
-    def render(self, ex: ReasoningExample) -> tuple[str, str, list[int]]:
+    def render(self, ex: ReasoningExample, with_trace: bool = True) -> tuple[str, str, list[int]]:
         """Return ``(prompt, completion, step_ends)``.
 
         ``step_ends[i]`` is the offset, in ``prompt + completion``, of the last character of step i.
+        ``with_trace=False`` gives the answer alone (seed 000's "SFT on gold answers"), no steps.
         """
         prompt = ex.question + self.prompt_suffix
+        if not with_trace:
+            return prompt, self.answer_prefix + str(ex.answer), []
         parts, ends, pos = [], [], len(prompt) + 1  # completion starts with one space
         for i, step in enumerate(ex.steps):
             if i:
