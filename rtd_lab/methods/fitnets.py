@@ -13,9 +13,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from rtd_lab.losses import hint_loss, kd_loss
+from rtd_lab.losses import hint_loss
 from rtd_lab.methods.base import ReasoningModule, check_weight
-from rtd_lab.methods.standard_kd import check_kd
+from rtd_lab.methods.standard_kd import LogitKD
 
 
 def evenly_spaced(n_layers: int, m: int) -> list[int]:
@@ -38,8 +38,7 @@ class FitNets(ReasoningModule):
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
-        check_kd(alpha, temperature, divergence, beta)
-        self.alpha, self.temperature, self.divergence, self.beta = alpha, temperature, divergence, beta
+        self.kd = LogitKD(alpha, temperature, divergence, beta)
         self.w_hint = check_weight(w_hint, "method.w_hint")
         if n_hints < 1:
             raise ValueError(f"method.n_hints must be >= 1, got {n_hints}")
@@ -54,15 +53,7 @@ class FitNets(ReasoningModule):
     def compute_losses(self, batch: dict) -> dict[str, torch.Tensor]:
         s = self.student_forward(batch, hidden=True)
         t = self.teacher(batch["input_ids"], hidden_layers=self.teacher_layers)
-        kd = kd_loss(
-            s.logits[:, :-1],
-            t.logits[:, :-1],
-            batch["labels"][:, 1:],
-            self.alpha,
-            self.temperature,
-            self.divergence,
-            self.beta,
-        )
+        kd = self.kd(s.logits, t.logits, batch["labels"])
         real = batch["attention_mask"].bool()
         hints = [
             hint_loss(w(s.hidden_states[i]), h_t, real)

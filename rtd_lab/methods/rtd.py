@@ -16,9 +16,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from rtd_lab.losses import align_loss, coherence_loss, gather_boundaries, kd_loss, transitions
+from rtd_lab.losses import align_loss, coherence_loss, gather_boundaries, transitions
 from rtd_lab.methods.base import ReasoningModule, check_weight
-from rtd_lab.methods.standard_kd import check_kd
+from rtd_lab.methods.standard_kd import LogitKD
 
 
 class RTD(ReasoningModule):
@@ -35,8 +35,7 @@ class RTD(ReasoningModule):
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
-        check_kd(alpha, temperature, divergence, beta)
-        self.alpha, self.temperature, self.divergence, self.beta = alpha, temperature, divergence, beta
+        self.kd = LogitKD(alpha, temperature, divergence, beta)
         self.w_align = check_weight(w_align, "method.w_align")
         self.w_coherence = check_weight(w_coherence, "method.w_coherence")
         n_layers = self.student.config.num_hidden_layers
@@ -51,15 +50,7 @@ class RTD(ReasoningModule):
         pos, mask = batch["boundary_pos"], batch["boundary_mask"]  # (B, K)
         s = self.student_forward(batch, hidden=True)
         t = self.teacher(batch["input_ids"], boundary_pos=pos)
-        kd = kd_loss(
-            s.logits[:, :-1],
-            t.logits[:, :-1],
-            batch["labels"][:, 1:],
-            self.alpha,
-            self.temperature,
-            self.divergence,
-            self.beta,
-        )
+        kd = self.kd(s.logits, t.logits, batch["labels"])
 
         h_s = gather_boundaries(s.hidden_states[self.student_layer], pos)  # (B, K, D_S)
         h_t = t.boundary_hidden  # (B, K, D_T)
