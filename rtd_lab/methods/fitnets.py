@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from rtd_lab.losses import hint_loss
-from rtd_lab.methods.base import ReasoningModule, check_weight
-from rtd_lab.methods.standard_kd import LogitKD
+from rtd_lab.methods.base import check_weight
+from rtd_lab.methods.standard_kd import StandardKD
 
 
 def evenly_spaced(n_layers: int, m: int) -> list[int]:
@@ -25,20 +25,16 @@ def evenly_spaced(n_layers: int, m: int) -> list[int]:
     return [round(1 + i * (n_layers - 1) / (m - 1)) for i in range(m)]
 
 
-class FitNets(ReasoningModule):
+class FitNets(StandardKD):
+    # The KD settings (alpha, temperature, divergence, beta) and self.kd come from StandardKD.
     def __init__(
         self,
         *args,
-        alpha: float = 0.7,
-        temperature: float = 4.0,
-        divergence: str = "forward_kl",
-        beta: float = 0.5,
         w_hint: float = 1.0,
         n_hints: int = 4,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
-        self.kd = LogitKD(alpha, temperature, divergence, beta)
         self.w_hint = check_weight(w_hint, "method.w_hint")
         if n_hints < 1:
             raise ValueError(f"method.n_hints must be >= 1, got {n_hints}")

@@ -17,25 +17,21 @@ import torch
 from torch import nn
 
 from rtd_lab.losses import align_loss, coherence_loss, gather_boundaries, transitions
-from rtd_lab.methods.base import ReasoningModule, check_weight
-from rtd_lab.methods.standard_kd import LogitKD
+from rtd_lab.methods.base import check_weight
+from rtd_lab.methods.standard_kd import StandardKD
 
 
-class RTD(ReasoningModule):
+class RTD(StandardKD):
+    # The KD settings (alpha, temperature, divergence, beta) and self.kd come from StandardKD.
     def __init__(
         self,
         *args,
-        alpha: float = 0.7,
-        temperature: float = 4.0,
-        divergence: str = "forward_kl",
-        beta: float = 0.5,
         w_align: float = 0.3,
         w_coherence: float = 0.5,
         student_layer: int = -1,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
-        self.kd = LogitKD(alpha, temperature, divergence, beta)
         self.w_align = check_weight(w_align, "method.w_align")
         self.w_coherence = check_weight(w_coherence, "method.w_coherence")
         n_layers = self.student.config.num_hidden_layers
