@@ -161,3 +161,22 @@ def hint_loss(h_s_proj: torch.Tensor, h_t: torch.Tensor, mask: torch.Tensor) -> 
     if not mask.any():
         return (h_s_proj * 0.0).sum()
     return F.mse_loss(h_s_proj[mask].float(), h_t[mask].float())
+
+
+def mean_direction_baseline(target: torch.Tensor, mask: torch.Tensor, loss_fn) -> torch.Tensor:
+    """The loss a predictor gets that outputs one vector, the mean direction of the targets, for all.
+
+    Args:
+        target: (B, K, D) teacher boundary states or transitions.
+        mask: (B, K) bool, the real entries.
+        loss_fn: ``align_loss`` or ``coherence_loss``.
+
+    A chance level computed from the teacher alone: a student whose loss is far below it matches
+    what is specific to each chain and step, not only the direction every transition shares.
+    The curriculum's stage thresholds are fractions of it.
+    """
+    if not mask.any():
+        raise ValueError("no real entry to compute a baseline over")
+    unit = F.normalize(target.float(), dim=-1)
+    mean = unit[mask].mean(dim=0)  # (D,)
+    return loss_fn(mean.expand_as(unit), target, mask)

@@ -1,4 +1,4 @@
-"""Chain accuracy by depth, mean over seeds, for every method found under some run directories.
+"""Chain accuracy by depth, mean over seeds, for every run name (method or ablation) under some directories.
 
     python -m rtd_lab.summarize multirun/2026-11-22/03-29-04 [more dirs ...]
 
@@ -37,7 +37,7 @@ def summarize(runs: list[dict], metric: str = "chain_acc") -> str:
         raise ValueError("no results.json found under the given directories")
     by_method: dict[str, list[dict]] = defaultdict(list)
     for r in runs:
-        by_method[r["method"]].append(r["student"]["metrics"])
+        by_method[r.get("run", r["method"])].append(r["student"]["metrics"])  # ablations share a method
     # The teacher is the same for every run of a sweep: report it once, averaged like the rest.
     groups = {"teacher (n=1)": [r["teacher"]["metrics"] for r in runs]}
     groups |= {f"{name} (n={len(ms)})": ms for name, ms in by_method.items()}

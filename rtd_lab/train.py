@@ -20,6 +20,7 @@ from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from rtd_lab.curriculum import DepthCurriculum
 from rtd_lab.data.datamodule import ReasoningDataModule
 from rtd_lab.data.tokenizer import same_tokenizer
 from rtd_lab.evaluation import Evaluator
@@ -197,6 +198,9 @@ def train(cfg: DictConfig) -> dict:
     if logger:
         logger.log_hyperparams(flatten(OmegaConf.to_container(cfg, resolve=True)))
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    curriculum: DepthCurriculum | None = hydra.utils.instantiate(cfg.curriculum) if cfg.get("curriculum") else None
+    if curriculum is not None:
+        callbacks.append(curriculum)
     if not cfg.trainer.get("enable_progress_bar", True):
         callbacks = [c for c in callbacks if not isinstance(c, TQDMProgressBar)]
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, logger=logger, callbacks=callbacks)
@@ -218,10 +222,13 @@ def train(cfg: DictConfig) -> dict:
 
     results = {
         "method": method_name,
+        "run": cfg.get("run_name", method_name),
         "seed": cfg.seed,
         "depths": benchmark.depths,
         "teacher": {**{k: v for k, v in teacher_info.items() if k != "config"}, "metrics": teacher_metrics},
         "student": {"metrics": student_metrics, "steps": trainer.global_step},
+        "curriculum": curriculum.summary() if curriculum is not None else None,
+        "method_info": module.summary() if hasattr(module, "summary") else None,  # e.g. the PRM's report
         "timings_seconds": timings,
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
@@ -235,11 +242,12 @@ def train(cfg: DictConfig) -> dict:
             # Close the run: the next job of a multirun, in this same process, must start its own.
             logger.experiment.finish()
 
-    columns = {"teacher": teacher_metrics, f"student ({method_name})": student_metrics}
+    run_name = results["run"]
+    columns = {"teacher": teacher_metrics, f"student ({run_name})": student_metrics}
     print(f"\nChain accuracy by depth, test split ({out_dir / 'results.json'}):")
     print(depth_table(benchmark.depths, columns))
     print(
-        f"student {method_name}: answer acc {student_metrics['answer_acc']:.3f}, "
+        f"student {run_name}: answer acc {student_metrics['answer_acc']:.3f}, "
         f"step acc {student_metrics['step_acc']:.3f}, chain acc {student_metrics['chain_acc']:.3f}; "
         f"wall time {timings['total']:.0f}s"
     )

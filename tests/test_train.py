@@ -176,15 +176,6 @@ def test_cli_unknown_experiment_is_a_clear_error(tmp_path):
     assert "Available options" in proc.stderr
 
 
-EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
-
-
-@pytest.mark.parametrize("name", EXPERIMENTS)
-def test_every_experiment_file_composes_and_names_its_method(make_cfg, name):
-    cfg = make_cfg(f"+experiment={name}")
-    assert cfg.method.name in cfg.tags  # experiment files tag runs with their method (W&B compare view)
-
-
 @pytest.mark.slow
 def test_default_calibration_teacher_solves_every_depth(make_cfg):
     """The embedded default as shipped: the teacher reaches >= 95 % chain accuracy at every depth.

@@ -133,6 +133,41 @@ class LengthBucketBatchSampler(Sampler[list[int]]):
         return pools * -(-self.pool // self.batch_size) + -(-rest // self.batch_size)
 
 
+class StagedBatchSampler(Sampler[list[int]]):
+    """Shuffled batches drawn only from the examples the current curriculum stage allows.
+
+    ``max_depth_fn()`` is read before every batch, so a stage that ends mid-epoch takes effect
+    at once, up to prefetching: Lightning fetches one batch ahead, and each DataLoader worker a
+    few more, so that many batches of the old stage still arrive. An epoch is as many batches as the
+    full training set makes, whatever the stage, so epochs stay comparable across stages.
+    """
+
+    def __init__(self, depths: list[int], batch_size: int, max_depth_fn, seed: int = 0):
+        self.depths = depths
+        self.batch_size = batch_size
+        self.max_depth_fn = max_depth_fn
+        self.seed = seed
+        self.epoch = 0
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        self.epoch += 1
+        current, order, pos = None, [], 0
+        for _ in range(len(self)):
+            max_depth = self.max_depth_fn()
+            if max_depth != current or pos >= len(order):  # a new stage, or this stage's pool is used up
+                pool = [i for i, d in enumerate(self.depths) if d <= max_depth]
+                if not pool:
+                    raise ValueError(f"no training example has depth <= {max_depth} (curriculum.stages)")
+                order = [pool[j] for j in torch.randperm(len(pool), generator=g).tolist()]
+                current, pos = max_depth, 0
+            yield order[pos : pos + self.batch_size]
+            pos += self.batch_size
+
+    def __len__(self) -> int:
+        return -(-len(self.depths) // self.batch_size)
+
+
 class ReasoningDataModule(L.LightningDataModule):
     """One DataModule for every method. ``connect`` hands it the run-time tokenizer (litgpt style)."""
 
@@ -162,6 +197,9 @@ class ReasoningDataModule(L.LightningDataModule):
         self.seed = seed
         self.tokenizer = None
         self.encoded: dict[str, list[Encoded]] = {}
+        # Set by the depth curriculum (rtd_lab.curriculum): train on chains of depth <= this.
+        # None: every depth, plain shuffled batches.
+        self.max_train_depth: int | None = None
 
     def connect(self, tokenizer) -> None:
         self.tokenizer = tokenizer
@@ -192,7 +230,30 @@ class ReasoningDataModule(L.LightningDataModule):
             drop_last=False,
         )
 
+    def set_max_train_depth(self, depth: int | None) -> None:
+        """Curriculum stage filtering: later training batches hold only chains of depth <= ``depth``."""
+        self.max_train_depth = depth
+
+    def stage_val_dataloader(self, max_depth: int) -> DataLoader:
+        """The validation chains of one curriculum stage (depth <= ``max_depth``)."""
+        self.setup()
+        items = [x for x in self.encoded["val"] if x.example.depth <= max_depth]
+        if not items:
+            raise ValueError(f"no validation example has depth <= {max_depth} (curriculum.stages)")
+        return DataLoader(items, batch_size=self.eval_batch_size, collate_fn=Collator(self.tokenizer.pad_token_id))
+
     def train_dataloader(self) -> DataLoader:
+        if self.max_train_depth is not None:
+            if self.bucket_by_length:
+                raise ValueError("data.bucket_by_length and a depth curriculum cannot be combined (yet)")
+            self.setup()
+            depths = [x.example.depth for x in self.encoded["train"]]
+            return DataLoader(
+                self.encoded["train"],
+                batch_sampler=StagedBatchSampler(depths, self.batch_size, lambda: self.max_train_depth, self.seed),
+                collate_fn=Collator(self.tokenizer.pad_token_id),
+                num_workers=self.num_workers,
+            )
         if not self.bucket_by_length:
             return self._loader("train", True, self.batch_size)
         self.setup()

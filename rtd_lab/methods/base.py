@@ -2,7 +2,8 @@
 
 A method subclasses ``ReasoningModule`` and implements one thing, ``compute_losses(batch)``,
 returning a dict whose ``"loss"`` is optimised and whose other entries are logged alongside it
-(``train/loss_kd``, ``val/loss_coherence``, ...). Train, validation and test share that step.
+(``train/loss_kd``, ``val/loss_coherence``, ...; names listed in ``diagnostics`` are measurements,
+logged without the ``loss_`` prefix). Train, validation and test share that step.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ def check_weight(value: float, field: str) -> float:
 
 class ReasoningModule(L.LightningModule):
     needs_teacher = True
+    # Entries of compute_losses' dict that are measurements, not losses: logged as {stage}/{name}.
+    diagnostics: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -65,7 +68,10 @@ class ReasoningModule(L.LightningModule):
         losses = self.compute_losses(batch)
         bs = batch["input_ids"].size(0)
         for name, value in losses.items():
-            key = f"{stage}/loss" if name == "loss" else f"{stage}/loss_{name}"
+            if name == "loss":
+                key = f"{stage}/loss"
+            else:
+                key = f"{stage}/{name}" if name in self.diagnostics else f"{stage}/loss_{name}"
             self.log(key, value.detach(), batch_size=bs, prog_bar=name == "loss", sync_dist=stage != "train")
         return losses["loss"]
 

@@ -1,0 +1,85 @@
+"""Every experiment file composes and runs (tiny models, a few steps); the two sweeps run as multiruns."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from omegaconf import OmegaConf
+
+from rtd_lab.train import train
+from rtd_lab.utils import flatten
+
+ROOT = Path(__file__).resolve().parents[1]
+FILES = {p.stem: yaml.safe_load(p.read_text()) or {} for p in sorted((ROOT / "conf" / "experiment").glob("*.yaml"))}
+# A sweep file lists the experiments it runs in hydra.sweeper.params; the others are single runs.
+SWEEPS = {name: f["hydra"]["sweeper"]["params"] for name, f in FILES.items() if "hydra" in f}
+SINGLE = sorted(set(FILES) - set(SWEEPS))
+
+
+def test_the_paper_sweeps_exist():
+    assert SWEEPS["paper_table"]["+experiment@_global_"] == "standard_kd,fitnets,cot_ft,step_reward,rtd"
+    assert SWEEPS["ablations"]["+experiment@_global_"] == (
+        "rtd,ablation_no_coherence,ablation_no_alignment,ablation_no_curriculum"
+    )
+    for params in SWEEPS.values():
+        assert params["seed"] == "0,1,2"
+
+
+@pytest.mark.parametrize("name", SINGLE)
+def test_every_experiment_file_trains_and_evaluates(make_cfg, name):
+    cfg = make_cfg(f"+experiment={name}")
+    assert cfg.method.name in cfg.tags  # experiment files tag runs with their method (W&B compare view)
+    results = train(cfg)
+    assert results["run"] == cfg.run_name and results["method"] == cfg.method.name
+    assert 0.0 <= results["student"]["metrics"]["chain_acc"] <= 1.0
+    assert (Path(cfg.paths.output_dir) / "results.json").exists()
+
+
+ABLATION_CHANGES = {
+    "ablation_no_coherence": {"method.w_coherence": 0.0},
+    "ablation_no_alignment": {"method.w_align": 0.0},
+    "ablation_no_curriculum": None,  # the whole curriculum group, checked below
+}
+
+
+@pytest.mark.parametrize("name", sorted(ABLATION_CHANGES))
+def test_ablations_differ_from_rtd_only_in_what_they_remove(make_cfg, name):
+    def flat(cfg):
+        c = OmegaConf.to_container(cfg, resolve=True)
+        return flatten({k: v for k, v in c.items() if k not in ("tags", "run_name")})
+
+    rtd, ablation = flat(make_cfg("+experiment=rtd")), flat(make_cfg(f"+experiment={name}"))
+    missing = object()
+    changed = {k for k in rtd.keys() | ablation.keys() if rtd.get(k, missing) != ablation.get(k, missing)}
+    if name == "ablation_no_curriculum":
+        assert changed == {k for k in rtd if k.startswith("curriculum")}  # the curriculum, nothing else
+        assert not any(k.startswith("curriculum") for k in ablation)
+    else:
+        assert {k: ablation[k] for k in changed} == ABLATION_CHANGES[name]
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RTD_LAB_CACHE": str(cwd / "cache")}
+    return subprocess.run(
+        [sys.executable, "-m", "rtd_lab", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900
+    )
+
+
+@pytest.mark.parametrize("sweep", sorted(SWEEPS))
+def test_sweep_runs_every_arm_in_one_group_with_one_teacher(tmp_path, sweep):
+    """`python -m rtd_lab -m +experiment=<sweep>`, one seed, tiny: one job per arm, one W&B group."""
+    proc = _cli(
+        "-m", f"+experiment={sweep}", "+debug=fast", "seed=0", "trainer.enable_progress_bar=false", cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("multirun/*/*/*/results.json"))]
+    arms = SWEEPS[sweep]["+experiment@_global_"].split(",")
+    assert [r["run"] for r in runs] == arms
+    assert {r["config"]["group"] for r in runs} == {sweep}
+    assert len(list((tmp_path / "cache" / "teachers").iterdir())) == 1
