@@ -1,6 +1,8 @@
 """Chain accuracy by depth, mean over seeds, for every run name (method or ablation) under some directories.
 
-    python -m rtd_lab.summarize multirun/2026-11-22/03-29-04 [more dirs ...]
+    python -m rtd_lab.summarize [--metric=chain_acc] multirun/2026-11-22/03-29-04 [more dirs ...]
+
+prints the mean-over-seeds depth table, then one row per run with the metric of every seed.
 
 Reads every ``results.json`` below the given directories. A first, plain summary; the full
 report (confidence intervals, paired tests, plots, W&B) is ``task=report``'s job.
@@ -12,7 +14,7 @@ import json
 import sys
 from collections import defaultdict
 from pathlib import Path
-from statistics import mean
+from statistics import mean, stdev
 
 
 def load_results(dirs: list[str | Path]) -> list[dict]:
@@ -45,13 +47,36 @@ def summarize(runs: list[dict], metric: str = "chain_acc") -> str:
     return depth_table(runs[0]["depths"], columns, metric)
 
 
+def per_seed_table(runs: list[dict], metric: str = "chain_acc") -> str:
+    """Markdown table: one row per run name, ``metric`` (all depths) for each seed, then mean and std."""
+    if not runs:
+        raise ValueError("no results.json found under the given directories")
+    seeds = sorted({r["seed"] for r in runs})
+    by_run: dict[str, dict[int, float]] = defaultdict(dict)
+    for r in runs:
+        by_run[r.get("run", r["method"])][r["seed"]] = r["student"]["metrics"][metric]
+    lines = [
+        "| run | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | std |",
+        "|---|" + "---|" * (len(seeds) + 2),
+    ]
+    for name, values in by_run.items():
+        cells = [f"{values[s]:.3f}" if s in values else "missing" for s in seeds]
+        v = list(values.values())
+        sd = stdev(v) if len(v) > 1 else float("nan")
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {mean(v):.3f} | {sd:.3f} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str]) -> None:
     if not argv:
         raise SystemExit(__doc__)
     metric = "chain_acc"
     if argv[0].startswith("--metric="):
         metric, argv = argv[0].split("=", 1)[1], argv[1:]
-    print(summarize(load_results(argv), metric))
+    runs = load_results(argv)
+    print(summarize(runs, metric))
+    print()
+    print(per_seed_table(runs, metric))
 
 
 if __name__ == "__main__":

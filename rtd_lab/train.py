@@ -9,6 +9,7 @@ import json
 import logging
 import shutil
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from rtd_lab.models.build import build_causal_lm, check_same_tokenizer, load_tok
 from rtd_lab.models.teacher import Teacher
 from rtd_lab.optim import warmup_cosine
 from rtd_lab.summarize import depth_table
+from rtd_lab.traces.teacher import teacher_traces
 from rtd_lab.utils import atomic_write_json, atomic_write_jsonl, config_hash, flatten
 
 log = logging.getLogger(__name__)
@@ -182,6 +184,14 @@ def train(cfg: DictConfig) -> dict:
     tokenizer.save_pretrained(out_dir / "tokenizer")
     datamodule.connect(tokenizer)
     evaluator = Evaluator(tokenizer, benchmark)
+    trace_report = None
+    if datamodule.trace_source == "teacher":
+        t_traces = time.time()
+        examples, trace_report = teacher_traces(
+            teacher.model, benchmark.splits()["train"], tokenizer, benchmark, cfg.data.eval_batch_size
+        )
+        datamodule.use_train_traces(examples)
+        timings["teacher_traces"] = round(time.time() - t_traces, 1)
 
     method_cfg = OmegaConf.to_container(cfg.method, resolve=True)
     method_name = method_cfg.pop("name")
@@ -229,6 +239,7 @@ def train(cfg: DictConfig) -> dict:
         "student": {"metrics": student_metrics, "steps": trainer.global_step},
         "curriculum": curriculum.summary() if curriculum is not None else None,
         "method_info": module.summary() if hasattr(module, "summary") else None,  # e.g. the PRM's report
+        "teacher_traces": asdict(trace_report) if trace_report else None,
         "timings_seconds": timings,
         "config": OmegaConf.to_container(cfg, resolve=True),
     }

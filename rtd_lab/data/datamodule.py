@@ -168,6 +168,9 @@ class StagedBatchSampler(Sampler[list[int]]):
         return -(-len(self.depths) // self.batch_size)
 
 
+TRACE_SOURCES = ("gold", "teacher")
+
+
 class ReasoningDataModule(L.LightningDataModule):
     """One DataModule for every method. ``connect`` hands it the run-time tokenizer (litgpt style)."""
 
@@ -180,6 +183,7 @@ class ReasoningDataModule(L.LightningDataModule):
         bucket_by_length: bool = False,
         seed: int = 0,
         answer_only: bool = False,
+        trace_source: str = "gold",
     ):
         super().__init__()
         if batch_size < 1:
@@ -194,12 +198,23 @@ class ReasoningDataModule(L.LightningDataModule):
         # Train/val targets without the trace (SFT on gold answers). Test prompts are the same either
         # way, and scoring always uses the gold steps.
         self.answer_only = answer_only
+        if trace_source not in TRACE_SOURCES:
+            raise ValueError(f"data.trace_source must be one of {list(TRACE_SOURCES)}, got {trace_source!r}")
+        # "teacher": train/val examples carry teacher-generated traces, set with use_train_traces()
+        # before setup (rtd_lab.traces.teacher); test scoring always uses the gold steps.
+        self.trace_source = trace_source
+        self.train_override: list[ReasoningExample] | None = None
         self.seed = seed
         self.tokenizer = None
         self.encoded: dict[str, list[Encoded]] = {}
         # Set by the depth curriculum (rtd_lab.curriculum): train on chains of depth <= this.
         # None: every depth, plain shuffled batches.
         self.max_train_depth: int | None = None
+
+    def use_train_traces(self, examples: list[ReasoningExample]) -> None:
+        """Train on these examples (same questions, other traces) instead of the benchmark's."""
+        self.train_override = examples
+        self.encoded = {}
 
     def connect(self, tokenizer) -> None:
         self.tokenizer = tokenizer
@@ -211,9 +226,14 @@ class ReasoningDataModule(L.LightningDataModule):
         if self.encoded:
             return
         fmt = self.benchmark.format
+        splits = dict(self.benchmark.splits())
+        if self.trace_source == "teacher":
+            if self.train_override is None:
+                raise RuntimeError("data.trace_source=teacher: use_train_traces() must be called before setup()")
+            splits["train"] = self.train_override
         self.encoded = {
             split: [encode_example(ex, self.tokenizer, fmt, with_trace=not self.answer_only) for ex in examples]
-            for split, examples in self.benchmark.splits().items()
+            for split, examples in splits.items()
         }
 
     def transfer_batch_to_device(self, batch: dict, device: torch.device, dataloader_idx: int) -> dict:

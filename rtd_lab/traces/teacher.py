@@ -1,0 +1,83 @@
+"""Teacher-generated training traces (``data.trace_source=teacher``): seed 001's CoT fine-tuning
+baseline trains the student on the teacher's traces rather than on gold ones.
+
+The teacher answers every training question greedily (batched, with the KV cache); its completion
+is cut into steps at the benchmark's step separator and answer marker, and becomes the training
+example's trace: ``ReasoningExample(question, steps=teacher's steps, answer=teacher's answer,
+depth=the gold depth)``. Nothing is filtered by correctness here (that is the trace pipeline's
+FILTER stage); a completion that cannot be read as steps and an answer is dropped and counted.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from rtd_lab.data.datamodule import Collator, encode_example, move_batch
+from rtd_lab.data.example import ReasoningExample, Step, TraceFormat
+from rtd_lab.evaluation import Evaluator
+
+log = logging.getLogger(__name__)
+
+
+def completion_to_steps(text: str, fmt: TraceFormat, parse) -> tuple[tuple[Step, ...], object] | None:
+    """``"7 + 3 = 10 ; 10 * 2 = 9 #### 9"`` → ((Step("7 + 3 = 10", 10), Step("10 * 2 = 9", 9)), 9).
+
+    None when the text has no answer marker, no step, or a step or answer the parser cannot read.
+    """
+    marker = fmt.answer_prefix.strip()
+    if marker not in text:
+        return None
+    body = text.split(marker, 1)[0]
+    texts = [t.strip() for t in body.split(fmt.step_sep.strip())]
+    values, answer = parse(text)
+    if not texts or any(not t for t in texts) or answer is None or len(values) != len(texts) or None in values:
+        return None
+    return tuple(Step(t, v) for t, v in zip(texts, values, strict=True)), answer
+
+
+@dataclass
+class TraceReport:
+    n_questions: int
+    n_kept: int
+    n_unreadable: int
+    n_correct: int  # traces whose answer equals the gold answer (kept regardless)
+
+
+@torch.no_grad()
+def teacher_traces(model, examples: list[ReasoningExample], tokenizer, benchmark, batch_size: int):
+    """One greedy teacher trace per question: (new examples, report)."""
+    evaluator = Evaluator(tokenizer, benchmark)
+    fmt = benchmark.format
+    collate = Collator(tokenizer.pad_token_id)
+    device = next(model.parameters()).device
+    out: list[ReasoningExample] = []
+    unreadable = correct = 0
+    for start in tqdm(range(0, len(examples), batch_size), desc="teacher traces", leave=False):
+        chunk = examples[start : start + batch_size]
+        batch = move_batch(collate([encode_example(ex, tokenizer, fmt) for ex in chunk]), device)
+        for ex, text in zip(chunk, evaluator.generate(model, batch["prompt_ids"], batch["prompt_mask"]), strict=True):
+            parsed = completion_to_steps(text, fmt, benchmark.parse_completion)
+            if parsed is None:
+                unreadable += 1
+                continue
+            steps, answer = parsed
+            correct += answer == ex.answer
+            out.append(ReasoningExample(ex.uid, ex.question, steps, answer, ex.depth))
+    report = TraceReport(len(examples), len(out), unreadable, correct)
+    if not out:
+        raise ValueError(
+            f"data.trace_source=teacher: none of the teacher's {len(examples)} traces could be read as steps "
+            "and an answer; train the teacher longer or use data.trace_source=gold"
+        )
+    log.info(
+        "teacher traces: %d of %d questions kept (%d unreadable), %d with the gold answer",
+        report.n_kept,
+        report.n_questions,
+        report.n_unreadable,
+        report.n_correct,
+    )
+    return out, report
