@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 # W&B never needs a server here: offline unless the user asks otherwise, and no prompts in CI.
@@ -22,8 +24,20 @@ def run(cfg: DictConfig) -> dict:
     return train(cfg)
 
 
+def check_sweep_mode() -> None:
+    """A sweep file (paper_table, ablations) run without -m would silently run one default job."""
+    hc = HydraConfig.get()
+    params = hc.sweeper.get("params") or {}
+    if hc.mode == RunMode.RUN and any(key.startswith("+experiment") for key in params):
+        name = hc.runtime.choices.get("experiment", "?")
+        raise SystemExit(
+            f"+experiment={name} is a sweep over experiments: run it with -m (python -m rtd_lab -m +experiment={name})"
+        )
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
+    check_sweep_mode()
     results = run(cfg)
     # Returned to Hydra so that sweepers (e.g. Optuna) can optimise it.
     return results["student"]["metrics"]["chain_acc"]

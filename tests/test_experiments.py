@@ -83,3 +83,10 @@ def test_sweep_runs_every_arm_in_one_group_with_one_teacher(tmp_path, sweep):
     assert [r["run"] for r in runs] == arms
     assert {r["config"]["group"] for r in runs} == {sweep}
     assert len(list((tmp_path / "cache" / "teachers").iterdir())) == 1
+
+
+def test_a_sweep_file_without_multirun_is_a_clear_error(tmp_path):
+    proc = _cli("+experiment=ablations", "+debug=fast", cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "+experiment=ablations is a sweep over experiments: run it with -m" in proc.stderr
+    assert not list(tmp_path.glob("outputs/*/*/results.json"))
