@@ -74,10 +74,11 @@ class StepReward(StandardKD):
         self.advantage = advantage
         self.prm_config = PRMConfig(**(prm or {}))
         self.cache_dir = cache_dir
-        self.prm = None  # set in setup(): trained or loaded with the teacher and the data at hand
+        # The PRM is a frozen scorer cached on disk, built by ensure_prm() once the data and the
+        # device are known: not a registered submodule, so neither optimised nor checkpointed.
+        self.prm = None
         self.prm_info: dict[str, Any] = {}
-        # The PRM is a frozen scorer cached on disk: not a student parameter, not in checkpoints.
-        self._markers: tuple[int, int] | None = None
+        self._markers: tuple[int, int] | None = None  # token ids of the step separator, answer marker
 
     def on_fit_start(self) -> None:
         self.ensure_prm()  # before the first step, so the PRM's report is in the log up front
@@ -107,7 +108,7 @@ class StepReward(StandardKD):
             batch_size=dm.eval_batch_size,
             max_new=benchmark.max_completion_tokens(),
         )
-        self.__dict__["prm"] = prm.to(self.device)  # not a registered submodule: stays out of state_dict
+        self.__dict__["prm"] = prm.to(self.device)  # bypasses nn.Module registration (see __init__)
         self.prm_info = info
 
     def summary(self) -> dict:
