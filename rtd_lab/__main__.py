@@ -13,13 +13,22 @@ from omegaconf import DictConfig
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 
-TASKS = ("train",)
+TASKS = ("train", "sample", "filter")
 
 
 def run(cfg: DictConfig) -> dict:
     if cfg.task not in TASKS:
         raise ValueError(f"task={cfg.task!r} is not one of {list(TASKS)}")
-    from rtd_lab.train import train  # heavy imports after Hydra has parsed the command line
+    # heavy imports after Hydra has parsed the command line
+    if cfg.task == "sample":
+        from rtd_lab.traces.sample import run_sample
+
+        return {"dataset": str(run_sample(cfg))}
+    if cfg.task == "filter":
+        from rtd_lab.traces.filter import run_filter
+
+        return {"dataset": str(run_filter(cfg))}
+    from rtd_lab.train import train
 
     return train(cfg)
 
@@ -39,6 +48,8 @@ def check_sweep_mode() -> None:
 def main(cfg: DictConfig) -> float | None:
     check_sweep_mode()
     results = run(cfg)
+    if cfg.task != "train":
+        return None
     # Returned to Hydra so that sweepers (e.g. Optuna) can optimise it.
     return results["student"]["metrics"]["chain_acc"]
 

@@ -30,7 +30,7 @@ from rtd_lab.models.build import build_causal_lm, check_same_tokenizer, load_tok
 from rtd_lab.models.teacher import Teacher
 from rtd_lab.optim import warmup_cosine
 from rtd_lab.summarize import depth_table
-from rtd_lab.traces.teacher import teacher_traces
+from rtd_lab.traces.teacher import examples_from_dataset, teacher_traces
 from rtd_lab.utils import atomic_write_json, atomic_write_jsonl, config_hash, flatten
 
 log = logging.getLogger(__name__)
@@ -185,11 +185,14 @@ def train(cfg: DictConfig) -> dict:
     datamodule.connect(tokenizer)
     evaluator = Evaluator(tokenizer, benchmark)
     trace_report = None
-    if datamodule.trace_source == "teacher":
+    if datamodule.trace_source != "gold":
         t_traces = time.time()
-        examples, trace_report = teacher_traces(
-            teacher.model, benchmark.splits()["train"], tokenizer, benchmark, cfg.data.eval_batch_size
-        )
+        if datamodule.trace_source == "teacher":
+            examples, trace_report = teacher_traces(
+                teacher.model, benchmark.splits()["train"], tokenizer, benchmark, cfg.data.eval_batch_size
+            )
+        else:  # a SAMPLE or FILTER output: rejection-sampling fine-tuning (RFT) and friends
+            examples, trace_report = examples_from_dataset(datamodule.trace_source, benchmark)
         datamodule.use_train_traces(examples)
         timings["teacher_traces"] = round(time.time() - t_traces, 1)
 

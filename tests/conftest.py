@@ -54,7 +54,12 @@ def _shrink(overrides: list[str], tiny: bool) -> list[str]:
     if not tiny:
         return []
     pretrained_teacher = "teacher=pretrained" in overrides  # no architecture or training to shrink
-    return [o for o in TINY if not (pretrained_teacher and o.startswith("teacher."))]
+    other_data = any(o.startswith("data=") for o in overrides)  # not the synthetic benchmark's knobs
+    return [
+        o
+        for o in TINY
+        if not (pretrained_teacher and o.startswith("teacher.")) and not (other_data and o.startswith("data."))
+    ]
 
 
 def compose_cfg(overrides: list[str], tmp_path: Path, tiny: bool = True) -> DictConfig:

@@ -74,7 +74,7 @@ def test_cot_ft_trains_on_the_teachers_traces(make_cfg, monkeypatch):
     unreadable = 3 * len(range(0, 48, 5))
     wrong = 3 * len([i for i in range(48) if i % 3 == 0 and i % 5])
     assert report == {
-        "n_questions": n,
+        "n_traces": n,
         "n_kept": n - unreadable,
         "n_unreadable": unreadable,
         "n_correct": n - unreadable - wrong,

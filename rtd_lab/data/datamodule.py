@@ -17,6 +17,7 @@ A batch (B examples, T tokens, K = most steps in the batch, P = longest prompt):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -198,10 +199,13 @@ class ReasoningDataModule(L.LightningDataModule):
         # Train/val targets without the trace (SFT on gold answers). Test prompts are the same either
         # way, and scoring always uses the gold steps.
         self.answer_only = answer_only
-        if trace_source not in TRACE_SOURCES:
-            raise ValueError(f"data.trace_source must be one of {list(TRACE_SOURCES)}, got {trace_source!r}")
-        # "teacher": train/val examples carry teacher-generated traces, set with use_train_traces()
-        # before setup (rtd_lab.traces.teacher); test scoring always uses the gold steps.
+        if trace_source not in TRACE_SOURCES and not Path(trace_source).expanduser().is_dir():
+            raise ValueError(
+                f"data.trace_source must be one of {list(TRACE_SOURCES)} or the folder of a SAMPLE/FILTER "
+                f"dataset, got {trace_source!r}"
+            )
+        # Not "gold": training examples carry other traces (the teacher's, or a FILTER output), set
+        # with use_train_traces() before setup; validation and test keep the gold steps.
         self.trace_source = trace_source
         self.train_override: list[ReasoningExample] | None = None
         self.seed = seed
@@ -227,9 +231,11 @@ class ReasoningDataModule(L.LightningDataModule):
             return
         fmt = self.benchmark.format
         splits = dict(self.benchmark.splits())
-        if self.trace_source == "teacher":
+        if self.trace_source != "gold":
             if self.train_override is None:
-                raise RuntimeError("data.trace_source=teacher: use_train_traces() must be called before setup()")
+                raise RuntimeError(
+                    f"data.trace_source={self.trace_source}: use_train_traces() must come before setup()"
+                )
             splits["train"] = self.train_override
         self.encoded = {
             split: [encode_example(ex, self.tokenizer, fmt, with_trace=not self.answer_only) for ex in examples]

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 @dataclass(frozen=True)
 class Step:
     text: str  # e.g. "b = 7 + 3 = 10"; the step concludes at its last character
-    value: int | float | str  # the quantity the step establishes
+    value: int | float | str | None  # the quantity the step establishes (None: none could be read)
+    subquestion: str | None = None  # a human decomposition of the step, where a dataset has one
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import string
 
-from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
 SPECIAL = {"pad_token": "<pad>", "bos_token": "<bos>", "eos_token": "<eos>", "unk_token": "<unk>"}
@@ -34,4 +34,23 @@ def same_tokenizer(a, b) -> bool:
         and a.pad_token_id == b.pad_token_id
         and a.eos_token_id == b.eos_token_id
         and a.bos_token_id == b.bos_token_id
+    )
+
+
+def train_bpe_tokenizer(texts: list[str], vocab_size: int = 4000) -> PreTrainedTokenizerFast:
+    """A byte-level BPE trained here on ``texts`` (any text encodes; no download), GPT-2 style
+    specials: one ``<|endoftext|>`` for eos and padding, and a ``<bos>`` prepended to every text."""
+    from tokenizers import trainers
+
+    bos, eos = "<bos>", "<|endoftext|>"
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=[eos, bos], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(texts, trainer)  # all 256 bytes in the alphabet: no character is ever lost
+    tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", special_tokens=[(bos, tok.token_to_id(bos))])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=bos, eos_token=eos, pad_token=eos, padding_side="right"
     )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
@@ -41,10 +42,42 @@ def completion_to_steps(text: str, fmt: TraceFormat, parse) -> tuple[tuple[Step,
 
 @dataclass
 class TraceReport:
-    n_questions: int
+    n_traces: int  # traces read (one per question for the teacher's greedy traces)
     n_kept: int
     n_unreadable: int
     n_correct: int  # traces whose answer equals the gold answer (kept regardless)
+
+
+def examples_from_dataset(path: str, benchmark) -> tuple[list[ReasoningExample], TraceReport]:
+    """Training examples from a SAMPLE or FILTER output on disk: one per trace row.
+
+    The row's ``uid`` names the benchmark question it answers (its depth comes from there); the
+    trace is read with ``completion_to_steps``. Unreadable rows are counted, not trained on.
+    """
+    import datasets
+
+    ds = datasets.load_from_disk(str(Path(path).expanduser()))
+    missing = {"uid", "completion"} - set(ds.column_names)
+    if missing:
+        raise ValueError(f"data.trace_source={path}: the dataset lacks the column(s) {sorted(missing)}")
+    gold = {ex.uid: ex for split in benchmark.splits().values() for ex in split}
+    out, unreadable, correct = [], 0, 0
+    for i, row in enumerate(ds):
+        ex = gold.get(row["uid"])
+        if ex is None:
+            raise ValueError(
+                f"data.trace_source={path}: row {i} answers {row['uid']!r}, not a question of this benchmark"
+            )
+        parsed = completion_to_steps(row["completion"], benchmark.format, benchmark.parse_completion)
+        if parsed is None:
+            unreadable += 1
+            continue
+        steps, answer = parsed
+        correct += answer == ex.answer
+        out.append(ReasoningExample(f"{ex.uid}#{i}", ex.question, steps, answer, ex.depth))
+    if not out:
+        raise ValueError(f"data.trace_source={path}: none of its {len(ds)} traces could be read as steps and an answer")
+    return out, TraceReport(len(ds), len(out), unreadable, correct)
 
 
 @torch.no_grad()
@@ -76,7 +109,7 @@ def teacher_traces(model, examples: list[ReasoningExample], tokenizer, benchmark
     log.info(
         "teacher traces: %d of %d questions kept (%d unreadable), %d with the gold answer",
         report.n_kept,
-        report.n_questions,
+        report.n_traces,
         report.n_unreadable,
         report.n_correct,
     )

@@ -1,0 +1,156 @@
+"""FILTER (seed 000): keep a sampled trace when its final answer equals the gold answer
+(rejection sampling), drop repeated reasoning paths, and report acceptance rates.
+
+    python -m rtd_lab task=filter                                   # the SAMPLE output of sample.out_dir
+    python -m rtd_lab task=filter data=gsm8k_model_solutions        # the 5,276 real GSM8K traces
+
+Answers are extracted by ``rtd_lab.traces.answers`` (``#### N``, ``The answer is N``, ``A: N``, last
+number; commas, ``$`` and a trailing ``.`` normalised) and compared as exact numbers.
+
+Deduplication follows RFT (Yuan et al. 2023): two accepted traces of one question are the same
+reasoning path when they contain the same sequence of equations (GSM8K's ``<<48/2=24>>``
+annotations, else every ``a op b = c`` in the text, spaces removed); a trace with no equation is
+keyed by its whitespace-normalised text. The first trace of each path is kept.
+
+Writes ``<filter.out_dir>/dataset`` (atomically; the input's columns plus ``extracted_answer``) and
+``report.json`` + ``report.md`` with acceptance rates per teacher, temperature and depth. When
+the input has ``is_correct`` labels (the GSM8K model solutions), the report also gives the
+agreement of our answer check with them and lists every disagreement. An empty result is an error.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import defaultdict
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from rtd_lab.traces.answers import extract_answer, same_answer
+from rtd_lab.utils import atomic_write_json, atomic_write_text
+
+log = logging.getLogger(__name__)
+_ANNOTATION = re.compile(r"<<([^<>]*)>>")
+_EQUATION = re.compile(r"(-?\d[\d.,]*(?:\s*[-+*/x×]\s*-?\d[\d.,]*)+)\s*=\s*(-?\d[\d.,]*)")
+
+
+def reasoning_path(text: str) -> tuple[str, ...]:
+    """The sequence of equations of a trace (RFT's deduplication key)."""
+    annotations = _ANNOTATION.findall(text)
+    if annotations:
+        return tuple(a.replace(" ", "") for a in annotations)
+    equations = [f"{lhs}={rhs}".replace(" ", "") for lhs, rhs in _EQUATION.findall(text)]
+    return tuple(equations) if equations else (" ".join(text.split()),)
+
+
+def rate_table(rows: list[dict], key: str) -> dict[str, dict]:
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        groups[str(r[key])].append(r)
+    return {
+        name: {
+            "samples": len(g),
+            "accepted": sum(r["accepted"] for r in g),
+            "rate": sum(r["accepted"] for r in g) / len(g),
+            "unique_paths": sum(r["kept"] for r in g),
+        }
+        for name, g in sorted(groups.items(), key=lambda kv: _sort_key(kv[0]))
+    }
+
+
+def _sort_key(name: str) -> tuple:
+    try:
+        return (0, float(name), "")
+    except ValueError:
+        return (1, 0.0, name)
+
+
+def filter_rows(rows: list[dict]) -> tuple[list[dict], dict]:
+    """Mark every row ``accepted`` / ``kept``; return the kept rows and the report."""
+    seen: set[tuple[str, tuple[str, ...]]] = set()
+    for r in rows:
+        answer, how = extract_answer(r["completion"])
+        r["extracted_answer"] = answer
+        r["accepted"] = same_answer(answer, r["gold_answer"])
+        key = (r["uid"], reasoning_path(r["completion"]))
+        r["kept"] = r["accepted"] and key not in seen
+        if r["kept"]:
+            seen.add(key)
+    kept = [r for r in rows if r["kept"]]
+    report: dict = {
+        "samples": len(rows),
+        "accepted": sum(r["accepted"] for r in rows),
+        "kept_after_dedup": len(kept),
+        "questions_with_a_kept_trace": len({r["uid"] for r in kept}),
+        "questions": len({r["uid"] for r in rows}),
+        "by_teacher": rate_table(rows, "teacher"),
+        "by_temperature": rate_table(rows, "temperature"),
+        "by_depth": rate_table(rows, "depth"),
+    }
+    labelled = [r for r in rows if r.get("is_correct") is not None]
+    if labelled:
+        disagree = [r for r in labelled if r["accepted"] != r["is_correct"]]
+        report["label_agreement"] = {
+            "traces": len(labelled),
+            "agree": len(labelled) - len(disagree),
+            "rate": 1 - len(disagree) / len(labelled),
+            "disagreements": [
+                {k: r[k] for k in ("uid", "teacher", "gold_answer", "extracted_answer", "is_correct", "completion")}
+                for r in disagree
+            ],
+        }
+    return kept, report
+
+
+def report_markdown(report: dict) -> str:
+    lines = [
+        f"{report['accepted']} of {report['samples']} traces accepted "
+        f"({report['accepted'] / max(1, report['samples']):.1%}); {report['kept_after_dedup']} kept after "
+        f"deduplication, covering {report['questions_with_a_kept_trace']} of {report['questions']} questions.",
+    ]
+    for key in ("by_teacher", "by_temperature", "by_depth"):
+        lines += ["", f"| {key[3:]} | samples | accepted | rate | unique paths |", "|---|---|---|---|---|"]
+        for name, g in report[key].items():
+            lines.append(f"| {name} | {g['samples']} | {g['accepted']} | {g['rate']:.3f} | {g['unique_paths']} |")
+    if "label_agreement" in report:
+        a = report["label_agreement"]
+        lines += ["", f"Agreement with the is_correct labels: {a['agree']} / {a['traces']} = {a['rate']:.4f}."]
+    return "\n".join(lines) + "\n"
+
+
+def run_filter(cfg: DictConfig) -> Path:
+    import datasets
+    import hydra
+
+    from rtd_lab.traces.sample import _save_atomically
+
+    f = cfg.filter
+    source = hydra.utils.instantiate(cfg.data)
+    if hasattr(source, "samples"):  # a dataset of finished samples (e.g. the GSM8K model solutions)
+        ds = source.samples()
+        where = source.path
+    else:
+        where = hydra.utils.to_absolute_path(f.input)
+        if not Path(where).exists():
+            raise FileNotFoundError(f"filter.input: {where} does not exist (run task=sample first, or set it)")
+        ds = datasets.load_from_disk(where)
+    rows = ds.to_list()
+    kept, report = filter_rows(rows)
+    report["input"] = str(where)
+    out = Path(hydra.utils.to_absolute_path(f.out_dir))
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "report.json", report)
+    atomic_write_text(out / "report.md", report_markdown(report))
+    print(report_markdown(report))
+    if not kept:
+        raise ValueError(
+            f"FILTER kept no trace of {len(rows)} from {where}: no sampled answer matched the gold one "
+            f"(see {out / 'report.md'}); sample more, at other temperatures, or from a stronger teacher"
+        )
+    drop = {"accepted", "kept"}
+    _save_atomically(
+        datasets.Dataset.from_list([{k: v for k, v in r.items() if k not in drop} for r in kept]), out / "dataset"
+    )
+    log.info("FILTER kept %d of %d traces: %s", len(kept), len(rows), out / "dataset")
+    return out / "dataset"
