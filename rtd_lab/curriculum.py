@@ -141,8 +141,12 @@ class DepthCurriculum(Callback):
         log.info("curriculum: %d stages (%s); cap %d steps a stage", len(self.stages), plan, self.max_steps)
 
     @torch.no_grad()
-    def calibrate(self, pl_module: L.LightningModule, stage: int, metric: str) -> float:
-        """``chance_s`` of the module docstring, from the frozen teacher on the stage's validation chains."""
+    def calibrate(self, pl_module: L.LightningModule, stage: int, metric: str) -> float | None:
+        """``chance_s`` of the module docstring, from the frozen teacher on the stage's validation chains.
+
+        None when those chains have no boundary (or transition) at all, e.g. with a segmenter that
+        finds none: the stage then ends at its step cap.
+        """
         teacher = getattr(pl_module, "teacher", None)
         if teacher is None:
             raise ValueError(
@@ -170,6 +174,9 @@ class DepthCurriculum(Callback):
         width = max(t.size(1) for t in targets)  # batches differ in K: pad to the widest
         target = torch.cat([torch.nn.functional.pad(t, (0, 0, 0, width - t.size(1))) for t in targets])
         mask = torch.cat([torch.nn.functional.pad(m, (0, width - m.size(1))) for m in masks])
+        if not mask.any():
+            log.warning("curriculum: stage %d's validation chains have no %s entry: step cap only", stage + 1, metric)
+            return None
         loss_fn = coherence_loss if metric == "coherence" else align_loss
         return float(mean_direction_baseline(target, mask, loss_fn))
 
@@ -199,8 +206,9 @@ class DepthCurriculum(Callback):
         pl_module.log("curriculum/stage", float(self.stage + 1))
         if value is not None:
             pl_module.log("curriculum/val_metric", value)
+        if threshold is not None:
             pl_module.log("curriculum/threshold", threshold)
-        if value is not None and value < threshold:
+        if value is not None and threshold is not None and value < threshold:
             self.advance(trainer, "threshold", value)
         elif steps >= self.max_steps:
             self.advance(trainer, "step cap", value)

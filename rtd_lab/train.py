@@ -30,6 +30,7 @@ from rtd_lab.models.build import build_causal_lm, check_same_tokenizer, load_tok
 from rtd_lab.models.teacher import Teacher
 from rtd_lab.optim import warmup_cosine
 from rtd_lab.summarize import depth_table
+from rtd_lab.traces.segment import apply_learned_boundaries
 from rtd_lab.traces.teacher import examples_from_dataset, teacher_traces
 from rtd_lab.utils import atomic_write_json, atomic_write_jsonl, config_hash, flatten
 
@@ -195,6 +196,15 @@ def train(cfg: DictConfig) -> dict:
             examples, trace_report = examples_from_dataset(datamodule.trace_source, benchmark)
         datamodule.use_train_traces(examples)
         timings["teacher_traces"] = round(time.time() - t_traces, 1)
+    segmenter_info = None
+    if datamodule.boundaries == "learned":  # seed 001's boundary classifier on teacher hidden states
+        segmenter_info = apply_learned_boundaries(
+            datamodule,
+            teacher.model,
+            hydra.utils.to_absolute_path(cfg.paths.cache_dir),
+            key_parts={"teacher": str(teacher.model.name_or_path), "benchmark": _container(cfg.data.benchmark)},
+            settings=_container(cfg.segment),
+        )
 
     method_cfg = OmegaConf.to_container(cfg.method, resolve=True)
     method_name = method_cfg.pop("name")
@@ -243,6 +253,7 @@ def train(cfg: DictConfig) -> dict:
         "curriculum": curriculum.summary() if curriculum is not None else None,
         "method_info": module.summary() if hasattr(module, "summary") else None,  # e.g. the PRM's report
         "teacher_traces": asdict(trace_report) if trace_report else None,
+        "segmenter": segmenter_info,
         "timings_seconds": timings,
         "config": OmegaConf.to_container(cfg, resolve=True),
     }

@@ -16,7 +16,7 @@ A batch (B examples, T tokens, K = most steps in the batch, P = longest prompt):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import lightning as L
@@ -35,13 +35,19 @@ class Encoded:
     prompt_len: int
 
 
-def encode_example(ex: ReasoningExample, tokenizer, fmt: TraceFormat, with_trace: bool = True) -> Encoded:
+def encode_example(
+    ex: ReasoningExample, tokenizer, fmt: TraceFormat, with_trace: bool = True, segmenter=None
+) -> Encoded:
     """Tokenise one example and find the token at which each step concludes.
 
     Works with any fast tokenizer: boundaries come from the offset mapping, not from our vocabulary.
-    ``with_trace=False`` supervises the answer alone (no steps, so no boundaries).
+    ``with_trace=False`` supervises the answer alone (no steps, so no boundaries). ``segmenter``
+    (completion text → character offsets of step ends) replaces the example's own steps as the
+    source of boundaries (``rtd_lab.traces.segment``).
     """
     prompt, completion, step_ends = fmt.render(ex, with_trace)
+    if segmenter is not None and with_trace:
+        step_ends = [len(prompt) + end for end in segmenter(completion)]
     enc = tokenizer(prompt + completion, add_special_tokens=True)
     ids = list(enc["input_ids"])
     offsets = enc.encodings[0].offsets
@@ -185,6 +191,7 @@ class ReasoningDataModule(L.LightningDataModule):
         seed: int = 0,
         answer_only: bool = False,
         trace_source: str = "gold",
+        boundaries: str = "gold",
     ):
         super().__init__()
         if batch_size < 1:
@@ -208,6 +215,13 @@ class ReasoningDataModule(L.LightningDataModule):
         # with use_train_traces() before setup; validation and test keep the gold steps.
         self.trace_source = trace_source
         self.train_override: list[ReasoningExample] | None = None
+        from rtd_lab.traces.segment import RULES
+
+        if boundaries not in ("gold", "learned", *RULES):
+            raise ValueError(f"data.boundaries must be gold, learned or one of {list(RULES)}, got {boundaries!r}")
+        # Where the training steps conclude: the benchmark's own steps, a rule-based segmenter, or
+        # the learned classifier (set with set_boundaries() by train()). Test scoring never uses them.
+        self.boundaries = boundaries
         self.seed = seed
         self.tokenizer = None
         self.encoded: dict[str, list[Encoded]] = {}
@@ -237,10 +251,29 @@ class ReasoningDataModule(L.LightningDataModule):
                     f"data.trace_source={self.trace_source}: use_train_traces() must come before setup()"
                 )
             splits["train"] = self.train_override
+        segmenter = None
+        if self.boundaries not in ("gold", "learned"):
+            from rtd_lab.traces.segment import rule_boundaries
+
+            def segmenter(text: str) -> list[int]:
+                return rule_boundaries(self.boundaries, text, fmt)
+
         self.encoded = {
-            split: [encode_example(ex, self.tokenizer, fmt, with_trace=not self.answer_only) for ex in examples]
+            split: [
+                encode_example(ex, self.tokenizer, fmt, not self.answer_only, segmenter if split != "test" else None)
+                for ex in examples
+            ]
             for split, examples in splits.items()
         }
+
+    def set_boundaries(self, split: str, positions: list[list[int]]) -> None:
+        """Replace the boundary token positions of a split's examples (the learned segmenter's)."""
+        self.setup()
+        if len(positions) != len(self.encoded[split]):
+            raise ValueError(f"{len(positions)} boundary lists for {len(self.encoded[split])} {split} examples")
+        self.encoded[split] = [
+            replace(x, boundary_pos=list(p)) for x, p in zip(self.encoded[split], positions, strict=True)
+        ]
 
     def transfer_batch_to_device(self, batch: dict, device: torch.device, dataloader_idx: int) -> dict:
         return move_batch(batch, device)

@@ -1,0 +1,65 @@
+"""SEGMENT: rule-based segmenters, the learned boundary classifier, RTD on learned boundaries."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from rtd_lab.data.datamodule import encode_example
+from rtd_lab.data.synthetic import FORMAT, SyntheticBenchmark
+from rtd_lab.data.tokenizer import build_synthetic_tokenizer
+from rtd_lab.traces.segment import (
+    rule_boundaries,
+    run_segment,
+    segment_calculator,
+    segment_lines,
+    segment_sentences,
+)
+from rtd_lab.train import train
+
+GSM = "Natalia sold 48/2 = <<48/2=24>>24 clips.\nShe sold 48+24 = <<48+24=72>>72 in all.\n#### 72"
+
+
+def test_rule_segmenters():
+    first_end = GSM.index("clips.") + len("clips.") - 1
+    assert segment_lines(GSM)[:2] == [first_end, GSM.index("in all.") + len("in all.") - 1]
+    assert [GSM[i] for i in segment_calculator(GSM)] == ["4", "2"]  # the last digit of 24 and of 72
+    assert [GSM[i - 1 : i + 1] for i in segment_calculator(GSM)] == ["24", "72"]
+    assert segment_sentences("It costs 2.50 dollars. Then! Done?") == [21, 27, 33]  # 2.50 is no sentence end
+    text = "7 + 3 = 10 ; 10 * 2 = 9 #### 9"
+    assert [text[i - 1 : i + 1] for i in rule_boundaries("separators", text, FORMAT)] == ["10", " 9"]
+    with pytest.raises(ValueError, match="data.boundaries"):
+        rule_boundaries("paragraphs", text, FORMAT)
+
+
+def test_separator_rule_reproduces_the_synthetic_gold_boundaries():
+    bm = SyntheticBenchmark(modulus=11, max_depth=4, n_train_per_depth=5, n_val_per_depth=5, n_test_per_depth=5)
+    tok = build_synthetic_tokenizer(11)
+    for ex in bm.splits()["val"]:
+        gold = encode_example(ex, tok, FORMAT).boundary_pos
+        ruled = encode_example(ex, tok, FORMAT, segmenter=lambda t: rule_boundaries("separators", t, FORMAT))
+        assert ruled.boundary_pos == gold
+
+
+def test_task_segment_reports_every_segmenter(make_cfg):
+    cfg = make_cfg("task=segment", "segment.epochs=20", "segment.n_train_examples=40")
+    report = run_segment(cfg)
+    assert set(report) == {"lines", "calculator", "sentences", "separators", "learned"}
+    assert report["separators"]["f1"] == 1.0  # the synthetic benchmark's own steps
+    assert 0.0 <= report["learned"]["f1"] <= 1.0
+    saved = json.loads((Path(cfg.paths.output_dir) / "segment_report.json").read_text())
+    assert saved["classifier"]["report"]["heldout_tokens"] > 0
+
+
+def test_rtd_trains_on_learned_boundaries(make_cfg):
+    cfg = make_cfg("data.boundaries=learned", "segment.epochs=20", "segment.n_train_examples=40")
+    results = train(cfg)
+    seg = results["segmenter"]
+    assert {"heldout_precision", "heldout_recall", "heldout_f1"} <= set(seg["report"])
+    assert Path(seg["source"]).exists()
+
+
+def test_rtd_trains_on_rule_boundaries(make_cfg):
+    assert train(make_cfg("data.boundaries=sentences"))["segmenter"] is None
