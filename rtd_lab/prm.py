@@ -18,10 +18,15 @@ held out and its accuracy and AUROC there are reported (``PRMReport``). The PRM 
 by a hash of the teacher, the benchmark and these settings, like the teacher itself.
 
 Segmentation of a sampled completion (token ids): every step separator token (" ; ") or answer
-marker ("####") closes a step; the step's boundary is the token before it. The separator token
-is credited to the step it closes and the answer tokens after "####" to the last step, so every
-generated token belongs to exactly one step. Needs a tokenizer in which the separator and the
-marker are single tokens (true of the synthetic benchmark's); other tokenizers get a clear error.
+marker ("####") closes a step; the step's boundary is the token before it. A separator is credited
+to the step it *opens* — writing " ; " instead of " #### " is the decision to take one more step,
+so it is judged (by the PRM's features, which include the teacher's log-probability of it) and
+rewarded with that step — and "####", the answer and <eos> to the last step, the decision to stop.
+Every generated token belongs to exactly one step. (Crediting the separator to the step it closes,
+our first version, never judged the decision to continue: students learned to run past the asked
+variable with arithmetically right extra steps — experiments/paper_table/README.md.)
+Needs a tokenizer in which the separator and the marker are single tokens (true of the synthetic
+benchmark's); other tokenizers get a clear error.
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ from rtd_lab.data.datamodule import Collator, move_batch
 from rtd_lab.utils import atomic_write_json, config_hash
 
 log = logging.getLogger(__name__)
-PRM_CACHE_VERSION = 1
+PRM_CACHE_VERSION = 2  # 2: separators credited to the step they open
 _VALUE = re.compile(r"=\s*(-?\d+)\s*$")
 
 
@@ -66,25 +71,23 @@ def marker_ids(tokenizer, fmt) -> tuple[int, int]:
 def step_spans(completion: list[int], sep_id: int, answer_id: int) -> list[tuple[int, int, int]]:
     """Split a completion (token ids, eos and padding removed) into steps.
 
-    Returns ``(start, boundary, end)`` per step, positions in ``completion``: the step's text is
-    ``[start, boundary]``, the tokens credited to it ``[start, end)``. An empty step (two
-    separators in a row) has ``boundary`` = its separator.
+    Returns ``(start, boundary, end)`` per step, positions in ``completion``: the tokens credited
+    to the step are ``[start, end)`` — its opening separator (steps after the first), its text, and
+    for the last step "####", the answer and whatever follows; ``boundary`` is the last token of
+    its text. An empty step (two separators in a row) has its opening separator as boundary.
     """
     spans: list[tuple[int, int, int]] = []
     start = 0
     for pos, tok in enumerate(completion):
         if tok == sep_id or tok == answer_id:
-            spans.append((start, pos - 1 if pos > start else pos, pos + 1))
-            start = pos + 1
-            if tok == answer_id:
-                break
-    else:  # no answer marker: whatever follows the last separator is an unfinished step
-        if start < len(completion):
-            spans.append((start, len(completion) - 1, len(completion)))
-        return spans
-    if spans and start < len(completion):  # the answer after "####" is credited to the last step
-        s, b, _ = spans[-1]
-        spans[-1] = (s, b, len(completion))
+            boundary = max(start, pos - 1)
+            if tok == answer_id:  # the decision to stop, and the answer, go with the last step
+                spans.append((start, boundary, len(completion)))
+                return spans
+            spans.append((start, boundary, pos))
+            start = pos  # this separator opens the next step
+    if start < len(completion):  # no answer marker: an unfinished step (or a dangling separator)
+        spans.append((start, len(completion) - 1, len(completion)))
     return spans
 
 

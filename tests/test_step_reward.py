@@ -30,12 +30,14 @@ SEP, ANS = 10, 11  # stand-in ids for " ; " and "####"
 @pytest.mark.parametrize(
     ("completion", "spans"),
     [
-        # "7 + 3 = 10 ; 10 * 2 = 9 #### 9": the answer is credited to the last step
-        ([1, 2, 3, 4, 5, SEP, 5, 6, 7, 4, 8, ANS, 8], [(0, 4, 6), (6, 10, 13)]),
-        # an empty step (two separators in a row) has its separator as boundary
-        ([1, 2, SEP, SEP, 3, ANS, 3], [(0, 1, 3), (3, 3, 4), (4, 4, 7)]),
+        # "7 + 3 = 10 ; 10 * 2 = 9 #### 9": " ; " opens step 2, "#### 9" closes it
+        ([1, 2, 3, 4, 5, SEP, 5, 6, 7, 4, 8, ANS, 8], [(0, 4, 5), (5, 10, 13)]),
+        # an empty step (two separators in a row) has its opening separator as boundary
+        ([1, 2, SEP, SEP, 3, ANS, 3], [(0, 1, 2), (2, 2, 3), (3, 4, 7)]),
         # no answer marker: what follows the last separator is an unfinished step
-        ([1, 2, SEP, 3, 4], [(0, 1, 3), (3, 4, 5)]),
+        ([1, 2, SEP, 3, 4], [(0, 1, 2), (2, 4, 5)]),
+        # a dangling separator is a step of its own (one more step was started, none finished)
+        ([1, 2, SEP], [(0, 1, 2), (2, 2, 3)]),
         ([], []),
     ],
 )
