@@ -34,7 +34,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -47,7 +46,7 @@ from torchmetrics.functional.classification import binary_auroc
 from transformers import GenerationConfig
 
 from rtd_lab.data.datamodule import Collator, move_batch
-from rtd_lab.utils import atomic_write_json, config_hash
+from rtd_lab.utils import build_once, config_hash
 
 log = logging.getLogger(__name__)
 PRM_CACHE_VERSION = 2  # 2: separators credited to the step they open
@@ -359,20 +358,13 @@ def load_or_train_prm(
     path = root / key
     if not (path / "prm.json").exists():
         log.info("PRM %s not in cache: sampling the teacher and training it (%s)", key, path)
-        tmp = root / f".{key}.tmp-{time.time_ns()}"
-        tmp.mkdir(parents=True)
-        try:
+
+        def build(tmp: Path) -> dict:
             prm, report = train_prm(teacher_model, encoded, tokenizer, fmt, cfg, **kwargs)
             save_file({k: v.contiguous() for k, v in prm.state_dict().items()}, str(tmp / "prm.safetensors"))
-            meta = {"key": key, "n_features": prm.mean.numel(), "config": asdict(cfg), "report": asdict(report)}
-            atomic_write_json(tmp / "prm.json", meta)  # written last: its presence means complete
-            try:
-                tmp.rename(path)
-            except OSError:  # a concurrent run finished the same PRM first
-                shutil.rmtree(tmp, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+            return {"key": key, "n_features": prm.mean.numel(), "config": asdict(cfg), "report": asdict(report)}
+
+        build_once(path, "prm.json", build)
     meta = json.loads((path / "prm.json").read_text())
     prm = ProcessRewardModel(meta["n_features"], cfg.hidden)
     prm.load_state_dict(load_file(str(path / "prm.safetensors")))

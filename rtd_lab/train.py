@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -32,7 +31,7 @@ from rtd_lab.optim import warmup_cosine
 from rtd_lab.summarize import depth_table
 from rtd_lab.traces.segment import apply_learned_boundaries
 from rtd_lab.traces.teacher import examples_from_dataset, teacher_traces
-from rtd_lab.utils import atomic_write_json, atomic_write_jsonl, config_hash, flatten
+from rtd_lab.utils import atomic_write_json, atomic_write_jsonl, build_once, config_hash, flatten
 
 log = logging.getLogger(__name__)
 TEACHER_META = "rtd_teacher.json"
@@ -114,19 +113,16 @@ def prepare_teacher(cfg: DictConfig, benchmark) -> tuple[Teacher, Any, dict]:
     path = root / key
     if not (path / TEACHER_META).exists():
         log.info("teacher %s not in cache: training it from scratch (%s)", key, path)
-        tmp = root / f".{key}.tmp-{time.time_ns()}"
-        tmp.mkdir(parents=True)
-        try:
+
+        def build(tmp: Path) -> dict:
             meta = train_teacher(cfg, benchmark, tokenizer, tmp)
-            meta.update(key=key, config={"benchmark": _container(cfg.data.benchmark), "teacher": _container(t)})
-            atomic_write_json(tmp / TEACHER_META, meta)  # written last: its presence means complete
-            try:
-                tmp.rename(path)
-            except OSError:  # another run of a sweep finished the same teacher first: use theirs
-                shutil.rmtree(tmp, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+            return {
+                **meta,
+                "key": key,
+                "config": {"benchmark": _container(cfg.data.benchmark), "teacher": _container(t)},
+            }
+
+        build_once(path, TEACHER_META, build)
     else:
         log.info("teacher %s loaded from cache (%s)", key, path)
     cached_tok = AutoTokenizer.from_pretrained(str(path))

@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -48,3 +50,25 @@ def flatten(d: dict, prefix: str = "", sep: str = ".") -> dict[str, Any]:
         else:
             out[key] = v
     return out
+
+
+def build_once(path: Path, marker: str, build) -> None:
+    """Make the cached folder ``path`` unless it is complete (``path/marker`` exists).
+
+    ``build(tmp)`` fills a temporary folder beside it and returns the metadata written to
+    ``marker`` last, so its presence means complete; the folder is then renamed into place. A
+    crash leaves no half folder behind, and when a concurrent run got there first, theirs is kept.
+    """
+    if (path / marker).exists():
+        return
+    tmp = path.parent / f".{path.name}.tmp-{time.time_ns()}"
+    tmp.mkdir(parents=True)
+    try:
+        atomic_write_json(tmp / marker, build(tmp))
+        try:
+            tmp.rename(path)
+        except OSError:  # another run finished the same artifact first: use theirs
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

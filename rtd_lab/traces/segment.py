@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,7 +34,7 @@ from safetensors.torch import load_file, save_file
 
 from rtd_lab.data.datamodule import Collator, Encoded, move_batch
 from rtd_lab.prm import ProcessRewardModel
-from rtd_lab.utils import atomic_write_json, atomic_write_text, config_hash
+from rtd_lab.utils import atomic_write_json, atomic_write_text, build_once, config_hash
 
 log = logging.getLogger(__name__)
 SEGMENT_CACHE_VERSION = 1
@@ -184,25 +183,14 @@ def load_or_train_segmenter(teacher_model, train, heldout, pad_id: int, cache_di
     path = root / key
     if not (path / "segmenter.json").exists():
         log.info("boundary classifier %s not in cache: training it (%s)", key, path)
-        tmp = root / f".{key}.tmp-{time.time_ns()}"
-        tmp.mkdir(parents=True)
-        try:
+
+        def build(tmp: Path) -> dict:
             clf, report = train_segmenter(teacher_model, train, heldout, pad_id, **kwargs)
             save_file({k: v.contiguous() for k, v in clf.state_dict().items()}, str(tmp / "segmenter.safetensors"))
-            meta = {
-                "key": key,
-                "n_features": clf.mean.numel(),
-                "hidden": kwargs.get("hidden", 64),
-                "report": asdict(report),
-            }
-            atomic_write_json(tmp / "segmenter.json", meta)
-            try:
-                tmp.rename(path)
-            except OSError:
-                shutil.rmtree(tmp, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+            hidden = kwargs.get("hidden", 64)
+            return {"key": key, "n_features": clf.mean.numel(), "hidden": hidden, "report": asdict(report)}
+
+        build_once(path, "segmenter.json", build)
     meta = json.loads((path / "segmenter.json").read_text())
     clf = BoundaryClassifier(meta["n_features"], meta["hidden"])
     clf.load_state_dict(load_file(str(path / "segmenter.safetensors")))
