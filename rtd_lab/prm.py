@@ -197,6 +197,22 @@ class ProcessRewardModel(nn.Module):
         return torch.sigmoid(self(step_features(teacher_model, batch))) * batch.step_mask
 
 
+def fit_scorer(model: ProcessRewardModel, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: float, seed: int):
+    """Standardise on ``x``, then full-batch class-balanced BCE (the rarer class weighs as much);
+    returns the model in eval mode. Shared by the PRM and the boundary classifier."""
+    model.mean.copy_(x.mean(0))
+    model.std.copy_(x.std(0).clamp(min=1e-4))
+    torch.manual_seed(seed)
+    opt = torch.optim.AdamW(model.net.parameters(), lr=lr, weight_decay=0.01)
+    pos_weight = (1 - y.mean()) / y.mean()
+    for _ in range(epochs):
+        loss = F.binary_cross_entropy_with_logits(model(x), y, pos_weight=pos_weight)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
 @dataclass
 class PRMReport:
     n_train_steps: int
@@ -321,18 +337,7 @@ def train_prm(teacher_model, encoded, tokenizer, fmt, cfg: PRMConfig, batch_size
             "every teacher-sampled step is " + ("correct" if ytr[0] else "wrong") + ": the PRM has nothing to "
             "learn; widen method.prm.temperatures"
         )
-    prm = ProcessRewardModel(x.size(-1), cfg.hidden)
-    prm.mean.copy_(xtr.mean(0))
-    prm.std.copy_(xtr.std(0).clamp(min=1e-4))
-    torch.manual_seed(cfg.seed)
-    opt = torch.optim.AdamW(prm.net.parameters(), lr=cfg.lr, weight_decay=0.01)
-    pos_weight = (1 - ytr.mean()) / ytr.mean()  # class-balanced: correct steps are the majority
-    for _ in range(cfg.epochs):
-        loss = F.binary_cross_entropy_with_logits(prm(xtr), ytr, pos_weight=pos_weight)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    prm.eval()
+    prm = fit_scorer(ProcessRewardModel(x.size(-1), cfg.hidden), xtr, ytr, cfg.epochs, cfg.lr, cfg.seed)
     with torch.no_grad():
         p = torch.sigmoid(prm(x[held]))
     yh = y[held]

@@ -29,11 +29,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from rtd_lab.data.datamodule import Collator, Encoded, move_batch
-from rtd_lab.prm import ProcessRewardModel
+from rtd_lab.prm import ProcessRewardModel, fit_scorer
 from rtd_lab.utils import atomic_write_json, atomic_write_text, build_once, config_hash
 
 log = logging.getLogger(__name__)
@@ -159,18 +158,7 @@ def train_segmenter(
     xh, yh = _collect(teacher_model, heldout, pad_id, 64)
     if y.min() == y.max():
         raise ValueError("the gold boundaries label every completion token alike: nothing for the segmenter to learn")
-    clf = BoundaryClassifier(x.size(-1), hidden)
-    clf.mean.copy_(x.mean(0))
-    clf.std.copy_(x.std(0).clamp(min=1e-4))
-    torch.manual_seed(seed)
-    opt = torch.optim.AdamW(clf.net.parameters(), lr=3e-3, weight_decay=0.01)
-    pos_weight = (1 - y.mean()) / y.mean()
-    for _ in range(epochs):
-        loss = F.binary_cross_entropy_with_logits(clf(x), y, pos_weight=pos_weight)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    clf.eval()
+    clf = fit_scorer(BoundaryClassifier(x.size(-1), hidden), x, y, epochs, lr=3e-3, seed=seed)
     with torch.no_grad():
         pred = torch.sigmoid(clf(xh)) >= 0.5
     p, r, f1 = prf(pred, yh.bool())
