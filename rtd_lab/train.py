@@ -29,6 +29,7 @@ from rtd_lab.models.build import build_causal_lm, check_same_tokenizer, load_tok
 from rtd_lab.models.teacher import Teacher
 from rtd_lab.optim import warmup_cosine
 from rtd_lab.summarize import depth_table
+from rtd_lab.traces.rft import rft_dataset
 from rtd_lab.traces.segment import apply_learned_boundaries
 from rtd_lab.traces.teacher import examples_from_dataset, teacher_traces
 from rtd_lab.utils import atomic_write_json, atomic_write_jsonl, build_once, config_hash, flatten
@@ -57,6 +58,21 @@ def teacher_key(cfg: DictConfig) -> str:
             "bucket_by_length": cfg.data.get("bucket_by_length", False),
         }
     )
+
+
+def train_set_stats(datamodule: ReasoningDataModule, benchmark) -> dict:
+    """What the student was trained on: examples, distinct questions, and (where one correct path
+    exists per question) how many traces have a wrong step: the RFT table compares these."""
+    examples = [x.example for x in datamodule.encoded["train"]]
+    stats: dict[str, Any] = {
+        "examples": len(examples),
+        "questions": len({ex.uid.split("#")[0] for ex in examples}),  # a trace row is "<question uid>#<row>"
+        "wrong_steps": None,
+    }
+    if getattr(benchmark, "unique_paths", False) and not datamodule.answer_only:
+        gold = {ex.uid: [s.value for s in ex.steps] for split in benchmark.splits().values() for ex in split}
+        stats["wrong_steps"] = sum([s.value for s in ex.steps] != gold[ex.uid.split("#")[0]] for ex in examples)
+    return stats
 
 
 def train_teacher(cfg: DictConfig, benchmark, tokenizer, out_dir: Path) -> dict:
@@ -188,7 +204,9 @@ def train(cfg: DictConfig) -> dict:
             examples, trace_report = teacher_traces(
                 teacher.model, benchmark.splits()["train"], tokenizer, benchmark, cfg.data.eval_batch_size
             )
-        else:  # a SAMPLE or FILTER output: rejection-sampling fine-tuning (RFT) and friends
+        elif datamodule.trace_source == "rft":  # SAMPLE -> FILTER here (cached), then train on what survives
+            examples, trace_report = examples_from_dataset(str(rft_dataset(cfg)), benchmark)
+        else:  # a SAMPLE or FILTER output on disk: rejection-sampling fine-tuning (RFT) and friends
             examples, trace_report = examples_from_dataset(datamodule.trace_source, benchmark)
         datamodule.use_train_traces(examples)
         timings["teacher_traces"] = round(time.time() - t_traces, 1)
@@ -250,6 +268,7 @@ def train(cfg: DictConfig) -> dict:
         "method_info": module.summary() if hasattr(module, "summary") else None,  # e.g. the PRM's report
         "teacher_traces": asdict(trace_report) if trace_report else None,
         "segmenter": segmenter_info,
+        "train_set": train_set_stats(datamodule, benchmark),
         "timings_seconds": timings,
         "config": OmegaConf.to_container(cfg, resolve=True),
     }

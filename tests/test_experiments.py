@@ -32,7 +32,12 @@ def test_the_paper_sweeps_exist():
 
 
 @pytest.mark.parametrize("name", SINGLE)
-def test_every_experiment_file_trains_and_evaluates(make_cfg, name):
+def test_every_experiment_file_trains_and_evaluates(make_cfg, monkeypatch, name):
+    if name.startswith("rft_"):  # a 3-step tiny teacher samples nothing FILTER keeps: script its samples
+        import rtd_lab.traces.sample as sample_mod
+        from tests.test_rft import scripted_sample_chunk
+
+        monkeypatch.setattr(sample_mod, "sample_chunk", scripted_sample_chunk([]))
     cfg = make_cfg(f"+experiment={name}")
     assert cfg.method.name in cfg.tags  # experiment files tag runs with their method (W&B compare view)
     results = train(cfg)
@@ -71,18 +76,41 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     )
 
 
+# The RFT table samples from real (tiny) teachers: one that learned the trace format, few questions.
+SWEEP_EXTRA = {
+    "rft_table": [
+        "teacher.train.max_steps=300",
+        "sample.max_questions=24",
+        "sample.n_samples=4",
+        "data.max_train_examples=4",
+    ]
+}
+
+
 @pytest.mark.parametrize("sweep", sorted(SWEEPS))
 def test_sweep_runs_every_arm_in_one_group_with_one_teacher(tmp_path, sweep):
     """`python -m rtd_lab -m +experiment=<sweep>`, one seed, tiny: one job per arm, one W&B group."""
+    extra = SWEEP_EXTRA.get(sweep, [])
     proc = _cli(
-        "-m", f"+experiment={sweep}", "+debug=fast", "seed=0", "trainer.enable_progress_bar=false", cwd=tmp_path
+        "-m",
+        f"+experiment={sweep}",
+        "+debug=fast",
+        "seed=0",
+        "trainer.enable_progress_bar=false",
+        *extra,
+        cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("multirun/*/*/*/results.json"))]
     arms = SWEEPS[sweep]["+experiment@_global_"].split(",")
     assert [r["run"] for r in runs] == arms
     assert {r["config"]["group"] for r in runs} == {sweep}
-    assert len(list((tmp_path / "cache" / "teachers").iterdir())) == 1
+    teachers = len(list((tmp_path / "cache" / "teachers").iterdir()))
+    if sweep == "rft_table":  # every arm trains on the same number of examples; rft_mixed adds a checkpoint
+        assert {r["train_set"]["examples"] for r in runs} == {4}
+        assert teachers == 2
+    else:
+        assert teachers == 1
 
 
 def test_a_sweep_file_without_multirun_is_a_clear_error(tmp_path):

@@ -16,6 +16,7 @@ A batch (B examples, T tokens, K = most steps in the batch, P = longest prompt):
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -175,7 +176,18 @@ class StagedBatchSampler(Sampler[list[int]]):
         return -(-len(self.depths) // self.batch_size)
 
 
-TRACE_SOURCES = ("gold", "teacher")
+TRACE_SOURCES = ("gold", "teacher", "rft")
+
+
+def subset(examples: list[ReasoningExample], n: int, source: str = "gold") -> list[ReasoningExample]:
+    """``n`` of ``examples``, drawn with a fixed seed and kept in their order (``data.max_train_examples``)."""
+    if n > len(examples):
+        raise ValueError(
+            f"data.max_train_examples={n}, but data.trace_source={source} gives only {len(examples)} training "
+            "examples; lower it, or sample more questions (sample.max_questions, sample.n_samples)"
+        )
+    keep = sorted(random.Random(0).sample(range(len(examples)), n))
+    return [examples[i] for i in keep]
 
 
 class ReasoningDataModule(L.LightningDataModule):
@@ -192,6 +204,7 @@ class ReasoningDataModule(L.LightningDataModule):
         answer_only: bool = False,
         trace_source: str = "gold",
         boundaries: str = "gold",
+        max_train_examples: int | None = None,
     ):
         super().__init__()
         if batch_size < 1:
@@ -222,6 +235,11 @@ class ReasoningDataModule(L.LightningDataModule):
         # Where the training steps conclude: the benchmark's own steps, a rule-based segmenter, or
         # the learned classifier (set with set_boundaries() by train()). Test scoring never uses them.
         self.boundaries = boundaries
+        if max_train_examples is not None and max_train_examples < 1:
+            raise ValueError(f"data.max_train_examples must be >= 1 or null, got {max_train_examples}")
+        # Compare training sets at equal size (seed 000's table): a subset of this many training
+        # examples, drawn with a fixed seed (not the run's), so every run of a sweep sees the same one.
+        self.max_train_examples = max_train_examples
         self.seed = seed
         self.tokenizer = None
         self.encoded: dict[str, list[Encoded]] = {}
@@ -251,6 +269,8 @@ class ReasoningDataModule(L.LightningDataModule):
                     f"data.trace_source={self.trace_source}: use_train_traces() must come before setup()"
                 )
             splits["train"] = self.train_override
+        if self.max_train_examples is not None:
+            splits["train"] = subset(splits["train"], self.max_train_examples, self.trace_source)
         segmenter = None
         if self.boundaries not in ("gold", "learned"):
             from rtd_lab.traces.segment import rule_boundaries

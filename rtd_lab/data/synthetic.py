@@ -214,6 +214,9 @@ class SyntheticBenchmark:
 
     name = "synthetic"
     format = FORMAT
+    # Every question has exactly one correct chain of step values, so a sampled trace's steps can be
+    # checked against the gold ones (FILTER reports traces with the right answer but a wrong step).
+    unique_paths = True
 
     def __init__(self, **kwargs):
         self.cfg = SyntheticConfig(**kwargs)

@@ -44,19 +44,32 @@ def reasoning_path(text: str) -> tuple[str, ...]:
     return tuple(equations) if equations else (" ".join(text.split()),)
 
 
+def verify_steps(rows: list[dict], benchmark) -> None:
+    """Set ``steps_correct`` on every row where the benchmark has one correct path per question.
+
+    Answer filtering cannot see a trace that reaches the gold answer through a wrong step (seed 000:
+    "trace hallucination propagates"); on such a benchmark FILTER counts them.
+    """
+    if not getattr(benchmark, "unique_paths", False):
+        return
+    gold = {ex.uid: [s.value for s in ex.steps] for split in benchmark.splits().values() for ex in split}
+    for r in rows:
+        values, _ = benchmark.parse_completion(r["completion"])
+        r["steps_correct"] = values == gold[r["uid"]] if r["uid"] in gold else None
+
+
 def rate_table(rows: list[dict], key: str) -> dict[str, dict]:
     groups: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
         groups[str(r[key])].append(r)
-    return {
-        name: {
-            "samples": len(g),
-            "accepted": sum(r["accepted"] for r in g),
-            "rate": sum(r["accepted"] for r in g) / len(g),
-            "unique_paths": sum(r["kept"] for r in g),
-        }
-        for name, g in sorted(groups.items(), key=lambda kv: _sort_key(kv[0]))
-    }
+    table = {}
+    for name, g in sorted(groups.items(), key=lambda kv: _sort_key(kv[0])):
+        accepted = sum(r["accepted"] for r in g)
+        table[name] = {"samples": len(g), "accepted": accepted, "rate": accepted / len(g)}
+        table[name]["unique_paths"] = sum(r["kept"] for r in g)
+        if any(r.get("steps_correct") is not None for r in g):
+            table[name]["kept_wrong_steps"] = sum(r["kept"] and r.get("steps_correct") is False for r in g)
+    return table
 
 
 def _sort_key(name: str) -> tuple:
@@ -84,6 +97,11 @@ def filter_rows(rows: list[dict]) -> tuple[list[dict], dict]:
         "kept_after_dedup": len(kept),
         "questions_with_a_kept_trace": len({r["uid"] for r in kept}),
         "questions": len({r["uid"] for r in rows}),
+        "kept_wrong_steps": (
+            sum(r.get("steps_correct") is False for r in kept)
+            if any(r.get("steps_correct") is not None for r in rows)
+            else None
+        ),
         "by_teacher": rate_table(rows, "teacher"),
         "by_temperature": rate_table(rows, "temperature"),
         "by_depth": rate_table(rows, "depth"),
@@ -109,10 +127,19 @@ def report_markdown(report: dict) -> str:
         f"({report['accepted'] / max(1, report['samples']):.1%}); {report['kept_after_dedup']} kept after "
         f"deduplication, covering {report['questions_with_a_kept_trace']} of {report['questions']} questions.",
     ]
+    wrong = report.get("kept_wrong_steps")
+    if wrong is not None:
+        lines.append(
+            f"{wrong} kept traces ({wrong / max(1, report['kept_after_dedup']):.1%}) reach the gold answer "
+            "through a wrong step (checked against the gold steps; answer filtering cannot see them)."
+        )
+    extra = wrong is not None
     for key in ("by_teacher", "by_temperature", "by_depth"):
-        lines += ["", f"| {key[3:]} | samples | accepted | rate | unique paths |", "|---|---|---|---|---|"]
+        head = f"| {key[3:]} | samples | accepted | rate | unique paths |" + (" kept, wrong steps |" if extra else "")
+        lines += ["", head, "|---|---|---|---|---|" + ("---|" if extra else "")]
         for name, g in report[key].items():
-            lines.append(f"| {name} | {g['samples']} | {g['accepted']} | {g['rate']:.3f} | {g['unique_paths']} |")
+            row = f"| {name} | {g['samples']} | {g['accepted']} | {g['rate']:.3f} | {g['unique_paths']} |"
+            lines.append(row + (f" {g.get('kept_wrong_steps', 0)} |" if extra else ""))
     if "label_agreement" in report:
         a = report["label_agreement"]
         lines += ["", f"Agreement with the is_correct labels: {a['agree']} / {a['traces']} = {a['rate']:.4f}."]
@@ -136,6 +163,8 @@ def run_filter(cfg: DictConfig) -> Path:
             raise FileNotFoundError(f"filter.input: {where} does not exist (run task=sample first, or set it)")
         ds = datasets.load_from_disk(where)
     rows = ds.to_list()
+    if not hasattr(source, "samples"):
+        verify_steps(rows, source.benchmark)
     kept, report = filter_rows(rows)
     report["input"] = str(where)
     out = Path(hydra.utils.to_absolute_path(f.out_dir))

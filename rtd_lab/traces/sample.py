@@ -150,7 +150,7 @@ def run_sample(cfg: DictConfig) -> Path:
                     continue
                 if model is None:
                     model, tokenizer, _ = load_teacher(cfg, spec, benchmark)
-                seed = chunk_seed(cfg.seed, spec.name, temperature, k)
+                seed = chunk_seed(s.get("seed", cfg.seed), spec.name, temperature, k)
                 part = examples[k * s.chunk_questions : (k + 1) * s.chunk_questions]
                 rows = sample_chunk(model, tokenizer, benchmark, part, temperature, s.n_samples, s.batch_size, seed)
                 for r in rows:

@@ -1,0 +1,57 @@
+"""Seed 000's whole pipeline inside a training run: ``data.trace_source=rft``.
+
+    python -m rtd_lab +experiment=cot_ft data.trace_source=rft sample.temperatures=[1.0]
+
+SAMPLE (``sample:``) → FILTER (``filter:``) → the student trains on the kept traces. Both stages
+write under ``<paths.cache_dir>/samples/<hash>``, the hash of everything that decides the samples
+(the sample settings, the teacher config, the benchmark), so a sweep samples once per arm and every
+later run (another seed, another method) reads the same traces. SAMPLE resumes its finished chunks;
+FILTER's dataset is written atomically, so "it exists" means "it is complete".
+``sample.out_dir`` and ``filter.*`` are set here; the stand-alone stages (``task=sample``,
+``task=filter``) keep theirs.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from rtd_lab.utils import config_hash
+
+log = logging.getLogger(__name__)
+RFT_CACHE_VERSION = 1  # bump when SAMPLE's or FILTER's output for the same config changes
+
+
+def rft_key(cfg: DictConfig) -> str:
+    sample = OmegaConf.to_container(cfg.sample, resolve=True)
+    sample.pop("out_dir", None)
+    return config_hash(
+        {
+            "version": RFT_CACHE_VERSION,
+            "sample": sample,
+            "teacher": OmegaConf.to_container(cfg.teacher, resolve=True),
+            "benchmark": OmegaConf.to_container(cfg.data.benchmark, resolve=True),
+        }
+    )
+
+
+def rft_dataset(cfg: DictConfig) -> Path:
+    """The FILTER output for ``cfg``'s SAMPLE settings, made (or finished) if need be."""
+    from rtd_lab.traces.filter import run_filter
+    from rtd_lab.traces.sample import run_sample
+
+    root = Path(hydra.utils.to_absolute_path(cfg.paths.cache_dir)) / "samples" / rft_key(cfg)
+    filtered = root / "filtered" / "dataset"
+    if filtered.exists():
+        log.info("RFT traces from the cache: %s", filtered)
+        return filtered
+    stage_cfg = cfg.copy()
+    with open_dict(stage_cfg):
+        stage_cfg.sample.out_dir = str(root)
+        stage_cfg.filter.input = str(root / "dataset")
+        stage_cfg.filter.out_dir = str(root / "filtered")
+    run_sample(stage_cfg)
+    return run_filter(stage_cfg)
