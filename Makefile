@@ -6,7 +6,7 @@ TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
 BIN := $(VENV)/bin
 
-.PHONY: install run test test-slow lint format clean
+.PHONY: install run test test-slow bench lint format clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,20 +21,23 @@ run: install
 	$(BIN)/python -m rtd_lab $(ARGS)
 
 test: install
-	$(BIN)/ruff check rtd_lab tests
-	$(BIN)/ruff format --check rtd_lab tests
+	$(BIN)/ruff check rtd_lab tests benchmarks
+	$(BIN)/ruff format --check rtd_lab tests benchmarks
 	$(BIN)/python -m pytest -m "not slow and not gpu" $(ARGS)
 
 test-slow: install
 	$(BIN)/python -m pytest -m "slow" $(ARGS)
 
+bench: install
+	$(BIN)/python benchmarks/sampling.py $(ARGS)
+
 lint: install
-	$(BIN)/ruff check rtd_lab tests
-	$(BIN)/ruff format --check rtd_lab tests
+	$(BIN)/ruff check rtd_lab tests benchmarks
+	$(BIN)/ruff format --check rtd_lab tests benchmarks
 
 format: install
-	$(BIN)/ruff format rtd_lab tests
-	$(BIN)/ruff check --fix rtd_lab tests
+	$(BIN)/ruff format rtd_lab tests benchmarks
+	$(BIN)/ruff check --fix rtd_lab tests benchmarks
 
 clean:
 	rm -rf outputs multirun .pytest_cache

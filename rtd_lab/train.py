@@ -62,7 +62,7 @@ def teacher_key(cfg: DictConfig) -> str:
 
 def train_set_stats(datamodule: ReasoningDataModule, benchmark) -> dict:
     """What the student was trained on: examples, distinct questions, and (where one correct path
-    exists per question) how many traces have a wrong step: the RFT table compares these."""
+    exists per question) how many traces differ from it in some step: the RFT table compares these."""
     examples = [x.example for x in datamodule.encoded["train"]]
     stats: dict[str, Any] = {
         "examples": len(examples),
@@ -70,8 +70,12 @@ def train_set_stats(datamodule: ReasoningDataModule, benchmark) -> dict:
         "wrong_steps": None,
     }
     if getattr(benchmark, "unique_paths", False) and not datamodule.answer_only:
-        gold = {ex.uid: [s.value for s in ex.steps] for split in benchmark.splits().values() for ex in split}
-        stats["wrong_steps"] = sum([s.value for s in ex.steps] != gold[ex.uid.split("#")[0]] for ex in examples)
+
+        def words(ex) -> list[str]:
+            return [" ".join(s.text.split()) for s in ex.steps]
+
+        gold = {ex.uid: words(ex) for split in benchmark.splits().values() for ex in split}
+        stats["wrong_steps"] = sum(words(ex) != gold[ex.uid.split("#")[0]] for ex in examples)
     return stats
 
 

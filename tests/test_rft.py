@@ -101,15 +101,18 @@ def test_filter_counts_right_answers_reached_through_wrong_steps(make_cfg):
     ex = next(e for e in benchmark.splits()["train"] if e.depth == 2)
     gold = [s.value for s in ex.steps]
     m = benchmark.cfg.modulus
+    first = ex.steps[0].text.split()  # e.g. ["7", "+", "3", "=", "10"]
+    miscopied = " ".join([*first[:2], str((int(first[2]) + 1) % m), *first[3:]])  # right value, wrong operand
     rows = [
         {"uid": ex.uid, "gold_answer": str(ex.answer), "teacher": "t", "temperature": 1.0, "depth": 2, "completion": c}
         for c in (
             _completion(ex, gold, ex.answer),
             _completion(ex, [(gold[0] + 1) % m, gold[1]], ex.answer),
+            _completion(ex, gold, ex.answer).replace(ex.steps[0].text, miscopied, 1),
         )
     ]
     verify_steps(rows, benchmark)
-    assert [r["steps_correct"] for r in rows] == [True, False]
+    assert [r["steps_correct"] for r in rows] == [True, False, False]
     kept, report = filter_rows(rows)
-    assert len(kept) == 2 and report["kept_wrong_steps"] == 1
-    assert report["by_teacher"]["t"]["kept_wrong_steps"] == 1
+    assert len(kept) == 3 and report["kept_wrong_steps"] == 2
+    assert report["by_teacher"]["t"]["kept_wrong_steps"] == 2

@@ -30,6 +30,10 @@ def test_rule_segmenters():
     assert segment_sentences("It costs 2.50 dollars. Then! Done?") == [21, 27, 33]  # 2.50 is no sentence end
     text = "7 + 3 = 10 ; 10 * 2 = 9 #### 9"
     assert [text[i - 1 : i + 1] for i in rule_boundaries("separators", text, FORMAT)] == ["10", " 9"]
+    # GSM8K's step separator is a line break: its steps are its lines
+    from rtd_lab.data.gsm8k import FORMAT as GSM8K_FORMAT
+
+    assert rule_boundaries("separators", GSM, GSM8K_FORMAT) == segment_lines(GSM)[:2]
     with pytest.raises(ValueError, match="data.boundaries"):
         rule_boundaries("paragraphs", text, FORMAT)
 

@@ -52,10 +52,15 @@ def verify_steps(rows: list[dict], benchmark) -> None:
     """
     if not getattr(benchmark, "unique_paths", False):
         return
-    gold = {ex.uid: [s.value for s in ex.steps] for split in benchmark.splits().values() for ex in split}
+    gold = {ex.uid: ex for split in benchmark.splits().values() for ex in split}
     for r in rows:
-        values, _ = benchmark.parse_completion(r["completion"])
-        r["steps_correct"] = values == gold[r["uid"]] if r["uid"] in gold else None
+        ex = gold.get(r["uid"])
+        # The one correct trace, word for word: a miscopied operand with a right value is wrong too.
+        r["steps_correct"] = None if ex is None else _words(r["completion"]) == _words(benchmark.format.render(ex)[1])
+
+
+def _words(text: str) -> str:
+    return " ".join(text.split())
 
 
 def rate_table(rows: list[dict], key: str) -> dict[str, dict]:
@@ -65,8 +70,8 @@ def rate_table(rows: list[dict], key: str) -> dict[str, dict]:
     table = {}
     for name, g in sorted(groups.items(), key=lambda kv: _sort_key(kv[0])):
         accepted = sum(r["accepted"] for r in g)
-        table[name] = {"samples": len(g), "accepted": accepted, "rate": accepted / len(g)}
-        table[name]["unique_paths"] = sum(r["kept"] for r in g)
+        kept = sum(r["kept"] for r in g)
+        table[name] = {"samples": len(g), "accepted": accepted, "rate": accepted / len(g), "unique_paths": kept}
         if any(r.get("steps_correct") is not None for r in g):
             table[name]["kept_wrong_steps"] = sum(r["kept"] and r.get("steps_correct") is False for r in g)
     return table
@@ -131,7 +136,8 @@ def report_markdown(report: dict) -> str:
     if wrong is not None:
         lines.append(
             f"{wrong} kept traces ({wrong / max(1, report['kept_after_dedup']):.1%}) reach the gold answer "
-            "through a wrong step (checked against the gold steps; answer filtering cannot see them)."
+            "through a wrong step (checked word for word against the one correct trace; answer filtering "
+            "cannot see them)."
         )
     extra = wrong is not None
     for key in ("by_teacher", "by_temperature", "by_depth"):

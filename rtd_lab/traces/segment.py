@@ -36,7 +36,7 @@ from rtd_lab.prm import ProcessRewardModel, fit_scorer
 from rtd_lab.utils import atomic_write_json, atomic_write_text, build_once, config_hash
 
 log = logging.getLogger(__name__)
-SEGMENT_CACHE_VERSION = 1
+SEGMENT_CACHE_VERSION = 2  # 2: decision threshold tuned for F1 on the training tokens
 
 
 def segment_lines(text: str) -> list[int]:
@@ -66,11 +66,12 @@ def segment_sentences(text: str) -> list[int]:
 def segment_separators(text: str, fmt) -> list[int]:
     """Ends of the steps as the benchmark writes them: before each separator and the answer marker."""
     body = text.split(fmt.answer_prefix.strip(), 1)[0]
+    sep = fmt.step_sep.strip() or fmt.step_sep  # " ; " splits on ";", GSM8K's "\n" on itself
     ends, pos = [], 0
-    for part in body.split(fmt.step_sep.strip()):
+    for part in body.split(sep):
         if part.strip():
             ends.append(pos + len(part.rstrip()) - 1)
-        pos += len(part) + len(fmt.step_sep.strip())
+        pos += len(part) + len(sep)
     return ends
 
 
@@ -92,6 +93,8 @@ def rule_boundaries(rule: str, text: str, fmt) -> list[int]:
 # ---- the learned segmenter ----------------------------------------------------------------------
 class BoundaryClassifier(ProcessRewardModel):
     """Standardised per-token teacher features → MLP → logit of P(a step concludes at this token)."""
+
+    threshold: float = 0.5  # P >= threshold marks a boundary (set from the trained classifier's report)
 
 
 @torch.no_grad()
@@ -120,6 +123,7 @@ class SegmenterReport:
     heldout_recall: float
     heldout_f1: float
     train_seconds: float
+    threshold: float = 0.5  # P >= threshold is a boundary; chosen for F1 on the training tokens
 
 
 def prf(pred: torch.Tensor, gold: torch.Tensor) -> tuple[float, float, float]:
@@ -160,9 +164,17 @@ def train_segmenter(
         raise ValueError("the gold boundaries label every completion token alike: nothing for the segmenter to learn")
     clf = fit_scorer(BoundaryClassifier(x.size(-1), hidden), x, y, epochs, lr=3e-3, seed=seed)
     with torch.no_grad():
-        pred = torch.sigmoid(clf(xh)) >= 0.5
+        clf.threshold = threshold = f1_threshold(torch.sigmoid(clf(x)), y.bool())
+        pred = torch.sigmoid(clf(xh)) >= threshold
     p, r, f1 = prf(pred, yh.bool())
-    return clf, SegmenterReport(len(y), len(yh), p, r, f1, round(time.time() - t0, 1))
+    return clf, SegmenterReport(len(y), len(yh), p, r, f1, round(time.time() - t0, 1), threshold)
+
+
+def f1_threshold(probs: torch.Tensor, gold: torch.Tensor) -> float:
+    """The decision threshold with the best F1 on the training tokens. Class-balanced BCE calibrates
+    P to a 50/50 prior, so P >= 0.5 over-predicts a rare class (boundaries are ~1 token in 10)."""
+    candidates = [i / 20 for i in range(1, 20)]
+    return max(candidates, key=lambda t: (prf(probs >= t, gold)[2], -abs(t - 0.5)))
 
 
 def load_or_train_segmenter(teacher_model, train, heldout, pad_id: int, cache_dir, key_parts: dict, **kwargs):
@@ -183,13 +195,15 @@ def load_or_train_segmenter(teacher_model, train, heldout, pad_id: int, cache_di
     clf = BoundaryClassifier(meta["n_features"], meta["hidden"])
     clf.load_state_dict(load_file(str(path / "segmenter.safetensors")))
     clf.eval()
+    clf.threshold = meta["report"].get("threshold", 0.5)
     r = meta["report"]
     log.info(
-        "boundary classifier %s: held-out P %.3f R %.3f F1 %.3f",
+        "boundary classifier %s: held-out P %.3f R %.3f F1 %.3f at P >= %.2f",
         key,
         r["heldout_precision"],
         r["heldout_recall"],
         r["heldout_f1"],
+        clf.threshold,
     )
     return clf, {"source": str(path), **meta}
 
@@ -198,7 +212,8 @@ def load_or_train_segmenter(teacher_model, train, heldout, pad_id: int, cache_di
 def predict_boundaries(
     clf, teacher_model, encoded: list[Encoded], pad_id: int, batch_size: int = 64
 ) -> list[list[int]]:
-    """Predicted boundary token positions of every example (P >= 0.5 on completion tokens)."""
+    """Predicted boundary token positions of every example (P >= the classifier's threshold on
+    completion tokens)."""
     collate = Collator(pad_id)
     device = next(teacher_model.parameters()).device
     clf = clf.to(device)
@@ -209,7 +224,7 @@ def predict_boundaries(
         probs = torch.sigmoid(clf(token_features(teacher_model, batch))).cpu()
         mask, _ = completion_mask_and_labels(batch, part)
         for b in range(len(part)):
-            out.append(torch.nonzero((probs[b] >= 0.5) & mask[b]).flatten().tolist())
+            out.append(torch.nonzero((probs[b] >= clf.threshold) & mask[b]).flatten().tolist())
     return out
 
 
