@@ -67,3 +67,14 @@ def test_rtd_trains_on_learned_boundaries(make_cfg):
 
 def test_rtd_trains_on_rule_boundaries(make_cfg):
     assert train(make_cfg("data.boundaries=sentences"))["segmenter"] is None
+
+
+def test_the_decision_threshold_is_tuned_for_f1():
+    import torch
+
+    from rtd_lab.traces.segment import f1_threshold
+
+    # 2 boundaries in 10 tokens; balanced training pushes the 8 others to 0.6-0.8, above 0.5
+    probs = torch.tensor([0.97, 0.96, 0.8, 0.7, 0.7, 0.6, 0.6, 0.65, 0.75, 0.62])
+    gold = torch.tensor([1, 1, 0, 0, 0, 0, 0, 0, 0, 0]).bool()
+    assert f1_threshold(probs, gold) == 0.85  # the lowest threshold that keeps only the two: F1 = 1
