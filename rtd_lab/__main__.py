@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 
-TASKS = ("train", "sample", "filter", "segment")
+TASKS = ("train", "sample", "filter", "segment", "report")
 
 
 def run(cfg: DictConfig) -> dict:
@@ -28,6 +28,10 @@ def run(cfg: DictConfig) -> dict:
         from rtd_lab.traces.filter import run_filter
 
         return {"dataset": str(run_filter(cfg))}
+    if cfg.task == "report":
+        from rtd_lab.report import run_report
+
+        return run_report(cfg)
     if cfg.task == "segment":
         from rtd_lab.traces.segment import run_segment
 

@@ -23,6 +23,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from rtd_lab.curriculum import DepthCurriculum
 from rtd_lab.data.datamodule import ReasoningDataModule
 from rtd_lab.data.tokenizer import same_tokenizer
+from rtd_lab.diagnostics import flat_diagnostics, run_diagnostics
 from rtd_lab.evaluation import Evaluator
 from rtd_lab.methods.cot_ft import CoTFineTune
 from rtd_lab.models.build import build_causal_lm, check_same_tokenizer, load_tokenizer
@@ -259,6 +260,13 @@ def train(cfg: DictConfig) -> dict:
     teacher.to(module.device)
     teacher_metrics, teacher_records = evaluator.evaluate(teacher.model, datamodule.test_dataloader(), "teacher eval")
     timings["teacher_eval"] = round(time.time() - t3, 1)
+    diagnostics = None
+    if cfg.get("diagnostics") and cfg.diagnostics.get("enabled", True):
+        t4 = time.time()
+        diagnostics = run_diagnostics(
+            _container(cfg.diagnostics), module, teacher.model, teacher.layer, datamodule, evaluator, student_metrics
+        )
+        timings["diagnostics"] = round(time.time() - t4, 1)
     timings["total"] = round(time.time() - t0, 1)
 
     results = {
@@ -273,6 +281,7 @@ def train(cfg: DictConfig) -> dict:
         "teacher_traces": asdict(trace_report) if trace_report else None,
         "segmenter": segmenter_info,
         "train_set": train_set_stats(datamodule, benchmark),
+        "diagnostics": diagnostics,
         "timings_seconds": timings,
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
@@ -281,6 +290,8 @@ def train(cfg: DictConfig) -> dict:
     atomic_write_jsonl(out_dir / "predictions_teacher.jsonl", teacher_records)
     if logger:
         logger.log_metrics({f"teacher/{k}": v for k, v in teacher_metrics.items()}, step=trainer.global_step)
+        if diagnostics:
+            logger.log_metrics(flat_diagnostics(diagnostics), step=trainer.global_step)
         logger.finalize("success")
         if isinstance(logger, WandbLogger):
             # Close the run: the next job of a multirun, in this same process, must start its own.

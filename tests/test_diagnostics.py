@@ -1,0 +1,82 @@
+"""Seed 001's diagnostics: CKA against the reference values, torchmetrics AUROC, a full run's report."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from rtd_lab.diagnostics import BoundaryCKA, least_squares_map, linear_cka, step_chain_gap
+from rtd_lab.train import train
+
+
+def test_linear_cka_matches_the_reference_implementation():
+    # The example of Kornblith et al.'s reference notebook (google-research/representation_similarity)
+    np.random.seed(1337)
+    x = np.random.randn(100, 10)
+    y = np.random.randn(100, 10) + x
+    x, y = torch.from_numpy(x), torch.from_numpy(y)
+    assert float(linear_cka(x, y)) == pytest.approx(0.55761, abs=5e-6)
+    assert float(linear_cka(x, y, debiased=True)) == pytest.approx(0.51346, abs=5e-6)
+
+
+def test_linear_cka_invariances():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(50, 8, generator=g)
+    q, _ = torch.linalg.qr(torch.randn(8, 8, generator=g))
+    assert float(linear_cka(x, x @ q * 3.0 + 1.0)) == pytest.approx(1.0, abs=1e-9)  # rotation, scale, shift
+    assert float(linear_cka(x, torch.randn(50, 5, generator=g))) < 0.5  # unrelated, other width
+    with pytest.raises(ValueError, match="more than 3"):
+        linear_cka(x[:3], x[:3], debiased=True)
+
+
+def test_boundary_cka_is_per_step_index_and_ignores_padding():
+    g = torch.Generator().manual_seed(1)
+    h_s = torch.randn(40, 3, 6, generator=g)
+    q, _ = torch.linalg.qr(torch.randn(6, 6, generator=g))
+    h_t = torch.cat([2.0 * h_s[:, :1] @ q, torch.randn(40, 2, 6, generator=g)], dim=1)
+    mask = torch.ones(40, 3, dtype=torch.bool)
+    mask[:, 2] = False  # no chain has a third step
+    h_s[:, 2] = float("nan")  # padding must never be read
+    metric = BoundaryCKA(min_examples=10)
+    metric.update(h_s[:20], h_t[:20], mask[:20])
+    metric.update(h_s[20:], h_t[20:], mask[20:])
+    out = metric.compute()
+    assert set(out) == {1, 2}
+    assert out[1] == pytest.approx(1.0, abs=1e-6)  # step 1: the teacher's states are the student's, rotated and scaled
+    assert out[2] < 0.6
+
+
+def test_least_squares_map_recovers_a_linear_relation():
+    g = torch.Generator().manual_seed(2)
+    s = torch.randn(200, 5, generator=g)
+    w = torch.randn(7, 5, generator=g)
+    proj = least_squares_map(s, s @ w.T)
+    assert torch.allclose(proj.weight, w, atol=1e-4)
+
+
+def test_step_chain_gap():
+    m = {"step_acc": 0.9, "chain_acc": 0.5, "step_acc/depth_1": 1.0, "chain_acc/depth_1": 1.0}
+    assert step_chain_gap(m, [1, 2]) == {"all": pytest.approx(0.4), "depth_1": 0.0}
+
+
+def test_a_run_reports_every_diagnostic(make_cfg):
+    results = train(make_cfg("+experiment=standard_kd", "diagnostics.self_consistency_k=3"))
+    diag = results["diagnostics"]
+    assert set(diag["cka"]) <= {1, 2, 3} and all(-1e-6 <= v <= 1 + 1e-6 for v in diag["cka"].values())
+    assert diag["transition_projection"].startswith("least squares")
+    assert diag["n_steps"] >= 0 and diag["unreadable_traces"] >= 0
+    sc = diag["self_consistency"]
+    assert sc["k"] == 3 and 0.0 <= sc["answer_acc"] <= 1.0
+    assert diag["quantized"]["8bit"]["status"] == "ok"
+    assert 0.0 <= diag["quantized"]["8bit"]["metrics"]["chain_acc"] <= 1.0
+    assert diag["quantized"]["4bit"]["status"].startswith("skipped") or torch.cuda.is_available()
+    assert set(diag["step_chain_gap"]) >= {"all"}
+
+
+def test_rtd_projects_transitions_with_its_learned_map(make_cfg):
+    diag = train(make_cfg("curriculum=none", "diagnostics.self_consistency_k=0", "diagnostics.quantize=[]"))[
+        "diagnostics"
+    ]
+    assert diag["transition_projection"] == "the method's learned g"
+    assert "self_consistency" not in diag and diag["quantized"] == {}

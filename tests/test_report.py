@@ -1,0 +1,66 @@
+"""task=report: statistics, and a tiny real sweep (one job killed, one never started) → table + PNGs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from rtd_lab.report import expected_jobs, mean_ci, paired_bootstrap
+from tests.test_experiments import _cli
+
+
+def test_mean_ci_is_student_t():
+    m, h = mean_ci([0.0, 1.0, 2.0])
+    assert m == 1.0 and h == pytest.approx(4.302653 * 1.0 / np.sqrt(3), rel=1e-5)  # t(0.975, 2) * s / sqrt(n)
+    assert np.isnan(mean_ci([0.5])[1])
+
+
+def test_paired_bootstrap():
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 2, size=(3, 400)).astype(float)
+    same = paired_bootstrap(base, base, n=2000)
+    assert same["delta"] == 0 and same["p_questions"] == 1.0
+    better = np.clip(base + (rng.random((3, 400)) < 0.3), 0, 1)  # ~15 points more questions right
+    out = paired_bootstrap(better, base, n=2000)
+    assert out["delta"] > 0.1 and out["p_questions"] < 0.001 and out["p_questions_and_seeds"] < 0.01
+    # Seed noise: one seed of "a" learned everything, the others nothing; b is in between every seed.
+    a = np.stack([np.ones(400), np.zeros(400), np.zeros(400)])
+    b = np.full((3, 400), 0.3)
+    noisy = paired_bootstrap(a, b, n=2000)
+    assert noisy["p_questions"] < 0.01 < 0.2 < noisy["p_questions_and_seeds"]  # seeds decide nothing here
+
+
+def test_sweep_report_names_missing_jobs_and_draws_plots(tmp_path):
+    proc = _cli(
+        "-m",
+        "+experiment=standard_kd,cot_ft",
+        "seed=0,1",
+        "+debug=fast",
+        "trainer.enable_progress_bar=false",
+        "diagnostics.self_consistency_k=2",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (sweep,) = list((tmp_path / "multirun").glob("*/*"))
+    assert len(expected_jobs(sweep)) == 4
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
+    (jobs[1] / "results.json").unlink()  # standard_kd seed 1: killed before it finished
+    shutil.rmtree(jobs[2])  # cot_ft seed 0: never started
+    proc = _cli("task=report", f"report.sweep_dir={sweep}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rep = json.loads((sweep / "report.json").read_text())
+    assert len(rep["missing"]) == 2
+    assert any(jobs[1].name in m and "no results.json" in m for m in rep["missing"])
+    assert any(m.startswith("never started:") and "seed=0" in m for m in rep["missing"])
+    assert rep["baseline"] == "standard_kd" and set(rep["vs_baseline"]) == {"cot_ft"}
+    assert {"p_questions", "p_questions_and_seeds"} <= set(rep["vs_baseline"]["cot_ft"])
+    assert rep["chain_acc"]["standard_kd"]["seeds"] == [0] and rep["chain_acc"]["cot_ft"]["seeds"] == [1]
+    assert rep["diagnostics"]["standard_kd"]["cka"]
+    md = (sweep / "report.md").read_text()
+    assert "Missing or failed jobs (2)" in md and "| all |" in md
+    for png in ("chain_acc_by_depth.png", "cka_by_step.png", "chain_acc_bars.png"):
+        assert (sweep / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert list((sweep / "wandb").glob("offline-run-*"))  # the report as a W&B run, offline
