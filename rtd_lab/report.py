@@ -270,13 +270,11 @@ def report_markdown(rep: dict, sweep_dir: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_report(rep: dict, out: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
+def figures(rep: dict) -> dict:
+    """The report's three plots as matplotlib figures, by file stem (the notebook shows them inline)."""
     import matplotlib.pyplot as plt
 
-    paths = []
+    figs = {}
     depths = rep["depths"]
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, row in rep["chain_acc"].items():
@@ -286,19 +284,19 @@ def plot_report(rep: dict, out: Path) -> list[Path]:
         ax.fill_between(depths, np.clip(m - h, 0, 1), np.clip(m + h, 0, 1), alpha=0.15)
     ax.set(xlabel="reasoning depth (steps)", ylabel="chain accuracy", ylim=(-0.02, 1.02), title="Chain accuracy")
     ax.legend(fontsize=7)
-    paths.append(_save(fig, out / "chain_acc_by_depth.png"))
+    figs["chain_acc_by_depth"] = fig
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, row in rep["diagnostics"].items():
-        if row["cka"]:
-            steps = sorted(row["cka"])
-            ax.plot(steps, [row["cka"][s] for s in steps], marker="o", label=name)
+        cka = {int(k): v for k, v in row["cka"].items()}  # int keys, or str after a JSON round trip
+        if cka:
+            ax.plot(sorted(cka), [cka[k] for k in sorted(cka)], marker="o", label=name)
     ax.set(xlabel="step index", ylabel="linear CKA (student vs teacher)", title="Coherence drift")
     if ax.get_lines():
         ax.legend(fontsize=7)
     else:
         ax.text(0.5, 0.5, "no run has CKA diagnostics", ha="center", transform=ax.transAxes)
-    paths.append(_save(fig, out / "cka_by_step.png"))
+    figs["cka_by_step"] = fig
 
     fig, ax = plt.subplots(figsize=(6, 4))
     names = list(rep["chain_acc"])
@@ -307,8 +305,15 @@ def plot_report(rep: dict, out: Path) -> list[Path]:
     ax.bar(range(len(names)), means, yerr=errs, capsize=4)
     ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=7)
     ax.set(ylabel="chain accuracy, all depths", ylim=(0, 1.05), title="Runs (mean ± 95 % CI)")
-    paths.append(_save(fig, out / "chain_acc_bars.png"))
-    return paths
+    figs["chain_acc_bars"] = fig
+    return figs
+
+
+def plot_report(rep: dict, out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    return [_save(fig, out / f"{stem}.png") for stem, fig in figures(rep).items()]
 
 
 def _save(fig, path: Path) -> Path:

@@ -61,6 +61,14 @@ def teacher_key(cfg: DictConfig) -> str:
     )
 
 
+def environment() -> dict[str, str]:
+    import platform
+    from importlib.metadata import version
+
+    packages = ("torch", "transformers", "lightning", "torchmetrics", "tokenizers", "numpy")
+    return {"python": platform.python_version(), **{p: version(p) for p in packages}}
+
+
 def train_set_stats(datamodule: ReasoningDataModule, benchmark) -> dict:
     """What the student was trained on: examples, distinct questions, and (where one correct path
     exists per question) how many traces differ from it in some step: the RFT table compares these."""
@@ -283,6 +291,7 @@ def train(cfg: DictConfig) -> dict:
         "train_set": train_set_stats(datamodule, benchmark),
         "diagnostics": diagnostics,
         "timings_seconds": timings,
+        "environment": environment(),  # results depend on these versions (a new transformers changed ours)
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
     atomic_write_json(out_dir / "results.json", results)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from rtd_lab.report import expected_jobs, mean_ci, paired_bootstrap
-from tests.test_experiments import _cli
+from tests.test_experiments import ROOT, _cli
 
 
 def test_mean_ci_is_student_t():
@@ -33,7 +33,10 @@ def test_paired_bootstrap():
     assert noisy["p_questions"] < 0.01 < 0.2 < noisy["p_questions_and_seeds"]  # seeds decide nothing here
 
 
-def test_sweep_report_names_missing_jobs_and_draws_plots(tmp_path):
+@pytest.fixture(scope="module")
+def tiny_sweep(tmp_path_factory):
+    """2 methods x 2 seeds, tiny; then one job "killed" (no results.json) and one "never started"."""
+    root = tmp_path_factory.mktemp("sweep")
     proc = _cli(
         "-m",
         "+experiment=standard_kd,cot_ft",
@@ -41,15 +44,20 @@ def test_sweep_report_names_missing_jobs_and_draws_plots(tmp_path):
         "+debug=fast",
         "trainer.enable_progress_bar=false",
         "diagnostics.self_consistency_k=2",
-        cwd=tmp_path,
+        cwd=root,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    (sweep,) = list((tmp_path / "multirun").glob("*/*"))
+    (sweep,) = list((root / "multirun").glob("*/*"))
     assert len(expected_jobs(sweep)) == 4
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
     (jobs[1] / "results.json").unlink()  # standard_kd seed 1: killed before it finished
     shutil.rmtree(jobs[2])  # cot_ft seed 0: never started
-    proc = _cli("task=report", f"report.sweep_dir={sweep}", cwd=tmp_path)
+    return root, sweep, jobs
+
+
+def test_sweep_report_names_missing_jobs_and_draws_plots(tiny_sweep):
+    root, sweep, jobs = tiny_sweep
+    proc = _cli("task=report", f"report.sweep_dir={sweep}", cwd=root)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rep = json.loads((sweep / "report.json").read_text())
     assert len(rep["missing"]) == 2
@@ -64,3 +72,19 @@ def test_sweep_report_names_missing_jobs_and_draws_plots(tmp_path):
     for png in ("chain_acc_by_depth.png", "cka_by_step.png", "chain_acc_bars.png"):
         assert (sweep / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert list((sweep / "wandb").glob("offline-run-*"))  # the report as a W&B run, offline
+
+
+def test_the_analysis_notebook_runs_on_a_sweep(tiny_sweep, monkeypatch):
+    import nbformat
+    from nbclient import NotebookClient
+
+    _, sweep, _ = tiny_sweep
+    nb = nbformat.read(ROOT / "notebooks" / "analysis.ipynb", as_version=4)
+    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")  # stored without outputs
+    monkeypatch.setenv("RTD_LAB_SWEEP", str(sweep))
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
+    printed = "".join(o.get("text", "") for o in nb.cells[1].outputs)
+    assert "2 finished runs, 2 missing" in printed
+    images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+    assert len(images) == 3
