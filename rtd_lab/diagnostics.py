@@ -1,8 +1,9 @@
 """Seed 001's diagnostics, computed on the test split after training (``diagnostics:`` in the config).
 
 - **Coherence drift**: linear CKA (Kornblith et al. 2019) between the student's and the teacher's
-  hidden states at the boundary of step 1, 2, 3, ... of the gold test traces (seed: 0.89 → 0.58 over
-  four steps for standard KD). Biased and debiased (Song et al. 2012's unbiased HSIC).
+  hidden states at the boundary of step 1, 2, 3, ... of the gold test traces, over chains of one
+  depth (the deepest for the curve; seed: 0.89 → 0.58 over four steps for standard KD). Biased and
+  debiased (Song et al. 2012's unbiased HSIC).
 - **Transition-cosine AUROC**: on the student's own greedy traces, the cosine between the projected
   student transition and the teacher's, cos(W δ_S_i, δ_T_i) with δ_i = h_i − h_{i−1} (h_0: the last
   prompt token), as a score for "step i is correct"; AUROC over every step of the test set
@@ -19,6 +20,7 @@ from __future__ import annotations
 import copy
 import logging
 from collections import Counter
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -60,10 +62,13 @@ def linear_cka(x: torch.Tensor, y: torch.Tensor, debiased: bool = False) -> torc
 
 
 class BoundaryCKA(Metric):
-    """Linear CKA between student and teacher boundary states, separately for each step index.
+    """Linear CKA between student and teacher boundary states, for each (chain depth, step index).
 
-    ``update`` takes (B, K, D_S), (B, K, D_T) and the (B, K) boundary mask; ``compute`` returns
-    ``{1: cka, 2: cka, ...}`` for every step index with at least ``min_examples`` chains.
+    ``update`` takes (B, K, D_S), (B, K, D_T), the (B, K) boundary mask and the (B,) chain depths;
+    ``compute`` returns ``{depth: {step: cka}}`` for every group of at least ``min_examples`` chains.
+    Chains are grouped by depth because pooling them confounds the measurement: at step k, the
+    chains that end there and those that go on differ along one large shared direction (both models
+    predict "####" vs ";" next), which alone drives pooled CKA to ≈ 1 whatever else the student does.
     States are concatenated across DDP ranks (CKA does not decompose into per-rank sums).
     """
 
@@ -75,20 +80,24 @@ class BoundaryCKA(Metric):
         self.add_state("student", default=[], dist_reduce_fx="cat")
         self.add_state("teacher", default=[], dist_reduce_fx="cat")
         self.add_state("step", default=[], dist_reduce_fx="cat")
+        self.add_state("depth", default=[], dist_reduce_fx="cat")
 
-    def update(self, h_student: torch.Tensor, h_teacher: torch.Tensor, mask: torch.Tensor) -> None:
+    def update(self, h_student: torch.Tensor, h_teacher: torch.Tensor, mask: torch.Tensor, depth: torch.Tensor) -> None:
         steps = torch.arange(1, mask.size(1) + 1, device=mask.device).expand_as(mask)
         self.student.append(h_student[mask].float())
         self.teacher.append(h_teacher[mask].float())
         self.step.append(steps[mask])
+        self.depth.append(depth.to(mask.device).unsqueeze(1).expand_as(mask)[mask])
 
-    def compute(self) -> dict[int, float]:
-        s, t, step = dim_zero_cat(self.student), dim_zero_cat(self.teacher), dim_zero_cat(self.step)
-        out = {}
-        for k in sorted(set(step.tolist())):
-            rows = step == k
-            if int(rows.sum()) >= self.min_examples:
-                out[int(k)] = float(linear_cka(s[rows], t[rows], self.debiased))
+    def compute(self) -> dict[int, dict[int, float]]:
+        s, t = dim_zero_cat(self.student), dim_zero_cat(self.teacher)
+        step, depth = dim_zero_cat(self.step), dim_zero_cat(self.depth)
+        out: dict[int, dict[int, float]] = {}
+        for d in sorted(set(depth.tolist())):
+            for k in sorted(set(step[depth == d].tolist())):
+                rows = (depth == d) & (step == k)
+                if int(rows.sum()) >= self.min_examples:
+                    out.setdefault(int(d), {})[int(k)] = float(linear_cka(s[rows], t[rows], self.debiased))
         return out
 
 
@@ -99,16 +108,24 @@ def _layer_states(model, batch: dict, positions: torch.Tensor, layer: int) -> to
 
 @torch.no_grad()
 def boundary_cka(student, teacher_model, loader, student_layer: int, teacher_layer: int, device) -> dict:
-    """CKA per step index on gold traces (teacher forcing): the coherence-drift curve."""
+    """CKA by step index on gold traces (teacher forcing). The coherence-drift curve ``cka`` is that
+    of the deepest chains (every step index, one chain length); ``cka_by_depth`` has every depth."""
     biased, debiased = BoundaryCKA(), BoundaryCKA(debiased=True)
     for batch in loader:
         batch = move_batch(batch, device)
         pos, mask = batch["boundary_pos"], batch["boundary_mask"]
         h_s = _layer_states(student, batch, pos, student_layer)
         h_t = _layer_states(teacher_model, batch, pos, teacher_layer)
-        biased.update(h_s, h_t, mask)
-        debiased.update(h_s, h_t, mask)
-    return {"cka": biased.compute(), "cka_debiased": debiased.compute()}
+        biased.update(h_s, h_t, mask, batch["depth"])
+        debiased.update(h_s, h_t, mask, batch["depth"])
+    by_depth, by_depth_debiased = biased.compute(), debiased.compute()
+    deepest = max(by_depth) if by_depth else None
+    return {
+        "cka_depth": deepest,
+        "cka": by_depth.get(deepest, {}),
+        "cka_debiased": by_depth_debiased.get(deepest, {}),
+        "cka_by_depth": by_depth,
+    }
 
 
 @torch.no_grad()
@@ -269,3 +286,47 @@ def flat_diagnostics(diag: dict) -> dict[str, float]:
     for scheme, q in diag.get("quantized", {}).items():
         flat |= {f"diag/{scheme}/{k}": v for k, v in q.get("metrics", {}).items()}
     return flat
+
+
+def recompute_cka(job: Path) -> dict:
+    """Recompute the CKA diagnostics of a finished run from its checkpoint (and the cached teacher),
+    and update its results.json: for runs made before a change to the CKA definition."""
+    import json
+
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from rtd_lab.train import prepare_student, prepare_teacher
+    from rtd_lab.utils import atomic_write_json
+
+    results = json.loads((job / "results.json").read_text())
+    cfg = OmegaConf.create(results["config"])
+    datamodule = instantiate(cfg.data)
+    teacher, tokenizer, _ = prepare_teacher(cfg, datamodule.benchmark)
+    student = prepare_student(cfg, tokenizer, teacher)
+    state = torch.load(job / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    student.load_state_dict({k[len("student.") :]: v for k, v in state.items() if k.startswith("student.")})
+    student.eval()
+    datamodule.connect(tokenizer)
+    layer = cfg.method.get("student_layer", -1)
+    cka = boundary_cka(student, teacher.model, datamodule.test_dataloader(), layer, teacher.layer, torch.device("cpu"))
+    results["diagnostics"] = {**(results.get("diagnostics") or {}), **cka}
+    atomic_write_json(job / "results.json", results)
+    return cka
+
+
+def main(argv: list[str]) -> None:
+    """python -m rtd_lab.diagnostics --recompute-cka <sweep or job dirs>"""
+    if not argv or argv[0] != "--recompute-cka":
+        raise SystemExit(main.__doc__)
+    for d in argv[1:]:
+        for results in sorted(Path(d).rglob("results.json")):
+            if (results.parent / "checkpoints" / "last.ckpt").exists():
+                cka = recompute_cka(results.parent)
+                print(results.parent.name, {k: round(v, 3) for k, v in cka["cka"].items()})
+
+
+if __name__ == "__main__":
+    import sys
+
+    main(sys.argv[1:])

@@ -250,7 +250,8 @@ def report_markdown(rep: dict, sweep_dir: str) -> str:
         steps = sorted({s for row in rep["diagnostics"].values() for s in row["cka"]})
         lines += [
             "",
-            "Diagnostics (mean over seeds): linear CKA of boundary states by step index; transition-cosine "
+            "Diagnostics (mean over seeds): linear CKA of student vs teacher boundary states by step index, "
+            "on the deepest test chains (one chain length: pooling lengths inflates CKA); transition-cosine "
             "AUROC; step − chain accuracy; self-consistency vs greedy answer accuracy; int8 chain accuracy and "
             "the share of the gain over the baseline that survives int8:",
             "",

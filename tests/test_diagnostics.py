@@ -30,21 +30,31 @@ def test_linear_cka_invariances():
         linear_cka(x[:3], x[:3], debiased=True)
 
 
-def test_boundary_cka_is_per_step_index_and_ignores_padding():
+def test_boundary_cka_is_per_depth_and_step_and_ignores_padding():
     g = torch.Generator().manual_seed(1)
     h_s = torch.randn(40, 3, 6, generator=g)
     q, _ = torch.linalg.qr(torch.randn(6, 6, generator=g))
     h_t = torch.cat([2.0 * h_s[:, :1] @ q, torch.randn(40, 2, 6, generator=g)], dim=1)
     mask = torch.ones(40, 3, dtype=torch.bool)
-    mask[:, 2] = False  # no chain has a third step
-    h_s[:, 2] = float("nan")  # padding must never be read
+    mask[:20, 2] = False  # the first 20 chains have 2 steps, the others 3
+    depth = torch.tensor([2] * 20 + [3] * 20)
+    h_s[:20, 2] = float("nan")  # padding must never be read
     metric = BoundaryCKA(min_examples=10)
-    metric.update(h_s[:20], h_t[:20], mask[:20])
-    metric.update(h_s[20:], h_t[20:], mask[20:])
+    metric.update(h_s[:25], h_t[:25], mask[:25], depth[:25])
+    metric.update(h_s[25:], h_t[25:], mask[25:], depth[25:])
     out = metric.compute()
-    assert set(out) == {1, 2}
-    assert out[1] == pytest.approx(1.0, abs=1e-6)  # step 1: the teacher's states are the student's, rotated and scaled
-    assert out[2] < 0.6
+    assert {d: set(v) for d, v in out.items()} == {2: {1, 2}, 3: {1, 2, 3}}
+    assert out[2][1] == pytest.approx(1.0, abs=1e-6) and out[3][1] == pytest.approx(1.0, abs=1e-6)  # rotated, scaled
+    assert out[3][2] < 0.8
+
+
+def test_pooling_depths_would_inflate_cka():
+    """Why BoundaryCKA groups by depth: one shared 'last step or not' direction makes pooled CKA ≈ 1."""
+    g = torch.Generator().manual_seed(3)
+    s, t = torch.randn(200, 6, generator=g), torch.randn(200, 6, generator=g)  # unrelated states
+    last = (torch.arange(200) < 100).double().unsqueeze(1) * 50.0  # a big offset on half the chains
+    assert float(linear_cka(s, t)) < 0.2
+    assert float(linear_cka(s + last, t + last)) > 0.9
 
 
 def test_least_squares_map_recovers_a_linear_relation():
@@ -61,9 +71,12 @@ def test_step_chain_gap():
 
 
 def test_a_run_reports_every_diagnostic(make_cfg):
-    results = train(make_cfg("+experiment=standard_kd", "diagnostics.self_consistency_k=3"))
+    results = train(
+        make_cfg("+experiment=standard_kd", "diagnostics.self_consistency_k=3", "data.benchmark.n_test_per_depth=12")
+    )
     diag = results["diagnostics"]
-    assert set(diag["cka"]) <= {1, 2, 3} and all(-1e-6 <= v <= 1 + 1e-6 for v in diag["cka"].values())
+    assert diag["cka_depth"] == 3 and set(diag["cka"]) == {1, 2, 3}  # the deepest chains' curve
+    assert all(-1e-6 <= v <= 1 + 1e-6 for v in diag["cka"].values()) and diag["cka_by_depth"][3] == diag["cka"]
     assert diag["transition_projection"].startswith("least squares")
     assert diag["n_steps"] >= 0 and diag["unreadable_traces"] >= 0
     sc = diag["self_consistency"]

@@ -44,6 +44,7 @@ def tiny_sweep(tmp_path_factory):
         "+debug=fast",
         "trainer.enable_progress_bar=false",
         "diagnostics.self_consistency_k=2",
+        "data.benchmark.n_test_per_depth=12",  # CKA needs >= 10 chains of a depth
         cwd=root,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -88,3 +89,28 @@ def test_the_analysis_notebook_runs_on_a_sweep(tiny_sweep, monkeypatch):
     assert "2 finished runs, 2 missing" in printed
     images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
     assert len(images) == 3
+
+
+def test_expected_jobs_merge_the_sweep_file_and_the_command_line(tmp_path):
+    (tmp_path / "multirun.yaml").write_text(
+        "hydra:\n"
+        "  sweeper:\n"
+        "    params: {'+experiment@_global_': 'rtd,standard_kd', seed: '0,1,2'}\n"
+        "  overrides:\n"
+        "    task: ['+experiment=paper_table', 'seed=3,4', 'sample.temperatures=[0.7,1.0]', 'group=x']\n"
+    )
+    jobs = expected_jobs(tmp_path)
+    assert len(jobs) == 4 and {"+experiment@_global_": "rtd", "seed": "3"} in jobs
+    assert expected_jobs(tmp_path / "nowhere") is None
+
+
+def test_report_errors_name_the_field(make_cfg, tmp_path):
+    from rtd_lab.report import run_report
+
+    with pytest.raises(ValueError, match="report.sweep_dir is not set"):
+        run_report(make_cfg("task=report"))
+    with pytest.raises(FileNotFoundError, match="report.sweep_dir"):
+        run_report(make_cfg("task=report", f"report.sweep_dir={tmp_path / 'nope'}"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no finished run"):
+        run_report(make_cfg("task=report", f"report.sweep_dir={tmp_path / 'empty'}"))
