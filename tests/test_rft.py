@@ -56,6 +56,7 @@ RFT = [
     "sample.n_samples=3",
     "sample.max_questions=30",
     "sample.chunk_questions=16",
+    "diagnostics.enabled=false",  # self-consistency samples too: keep the count of SAMPLE calls clean
 ]
 
 
