@@ -32,19 +32,7 @@ def scripted_sample_chunk(calls):
                 _completion(ex, lucky, ex.answer),
                 _completion(ex, gold, (ex.answer + 1) % m),
             ]
-            for i, text in enumerate(texts[:n_samples]):
-                rows.append(
-                    {
-                        "uid": ex.uid,
-                        "question": ex.question,
-                        "depth": ex.depth,
-                        "gold_answer": str(ex.answer),
-                        "temperature": float(temperature),
-                        "sample_index": i,
-                        "seed": seed,
-                        "completion": text,
-                    }
-                )
+            rows += [sample_mod.trace_row(ex, temperature, i, seed, text) for i, text in enumerate(texts[:n_samples])]
         return rows
 
     return fake

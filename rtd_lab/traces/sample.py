@@ -74,20 +74,22 @@ def sample_chunk(model, tokenizer, benchmark, examples, temperature: float, n_sa
         out = model.generate(input_ids=prompts, attention_mask=masks, generation_config=gen)
         texts = tokenizer.batch_decode(out[:, prompts.size(1) :], skip_special_tokens=True)
         for i, text in enumerate(texts):
-            ex = chunk[i // n_samples]
-            rows.append(
-                {
-                    "uid": ex.uid,
-                    "question": ex.question,
-                    "depth": ex.depth,
-                    "gold_answer": str(ex.answer),
-                    "temperature": float(temperature),
-                    "sample_index": i % n_samples,
-                    "seed": seed,
-                    "completion": text.strip(),
-                }
-            )
+            rows.append(trace_row(chunk[i // n_samples], temperature, i % n_samples, seed, text.strip()))
     return rows
+
+
+def trace_row(ex, temperature: float, sample_index: int, seed: int, completion: str) -> dict:
+    """One sampled trace with its provenance (the teacher's name is added per chunk)."""
+    return {
+        "uid": ex.uid,
+        "question": ex.question,
+        "depth": ex.depth,
+        "gold_answer": str(ex.answer),
+        "temperature": float(temperature),
+        "sample_index": sample_index,
+        "seed": seed,
+        "completion": completion,
+    }
 
 
 def _save_atomically(ds, path: Path) -> None:
