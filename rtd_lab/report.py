@@ -166,15 +166,6 @@ def build_report(runs: list[dict], missing: list[str], baseline: str = "standard
     }
 
 
-def _question_means(rs: list[dict]) -> dict[str, float]:
-    """Per test question, chain correctness averaged over the seeds that have it."""
-    acc: dict[str, list[float]] = defaultdict(list)
-    for r in rs:
-        for uid, v in r["_questions"].items():
-            acc[uid].append(v)
-    return {uid: mean(v) for uid, v in acc.items()}
-
-
 def _diagnostics(by_run: dict[str, list[dict]], baseline: str) -> dict:
     out = {}
     for name, rs in by_run.items():
