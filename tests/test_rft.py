@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from hydra.utils import instantiate
 
 import rtd_lab.traces.sample as sample_mod
@@ -22,6 +23,7 @@ def scripted_sample_chunk(calls):
 
     def fake(model, tokenizer, benchmark, examples, temperature, n_samples, batch_size, seed):
         calls.append(len(examples))
+        torch.manual_seed(seed)  # as the real sampler does: it reseeds the global RNG
         rows = []
         m = benchmark.cfg.modulus
         for ex in examples:
@@ -36,6 +38,13 @@ def scripted_sample_chunk(calls):
         return rows
 
     return fake
+
+
+def _student_weights(results: dict) -> list[float]:
+    ckpt = torch.load(
+        f"{results['config']['paths']['output_dir']}/checkpoints/last.ckpt", map_location="cpu", weights_only=False
+    )
+    return [float(v.float().sum()) for k, v in sorted(ckpt["state_dict"].items()) if k.startswith("student.")]
 
 
 RFT = [
@@ -55,6 +64,7 @@ def test_rft_run_samples_filters_trains_and_reuses_its_samples(make_cfg, monkeyp
     train_split = instantiate(cfg.data).benchmark.splits()["train"]
     sampled = train_split[:: len(train_split) // 30][:30]  # SAMPLE's evenly spaced questions
     results = train(cfg)
+    first_weights = _student_weights(results)
     assert calls == [16, 14]  # two chunks of the 30 questions
     # FILTER drops the 30 wrong answers; of the "lucky" traces (gold answer, wrong first step), a
     # depth-1 chain's is the gold trace itself and dedup drops it; the others are kept — and counted.
@@ -67,6 +77,11 @@ def test_rft_run_samples_filters_trains_and_reuses_its_samples(make_cfg, monkeyp
     results2 = train(make_cfg(*RFT, "seed=1"))
     assert calls == [16, 14]
     assert results2["train_set"] == stats
+    # The same seed again, samples now cached: sampling (which reseeds the RNG) must not have
+    # changed the run, so cold and warm cache give the same student.
+    again = train(make_cfg(*RFT))
+    assert calls == [16, 14]
+    assert _student_weights(again) == first_weights
 
 
 def test_max_train_examples_is_an_equal_size_fixed_subset(make_cfg, monkeypatch):
