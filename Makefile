@@ -29,7 +29,8 @@ test-slow: install
 	$(BIN)/python -m pytest -m "slow" $(ARGS)
 
 bench: install
-	$(BIN)/python benchmarks/sampling.py $(ARGS)
+	$(BIN)/python benchmarks/sampling.py
+	$(BIN)/python benchmarks/step_time.py
 
 lint: install
 	$(BIN)/ruff check rtd_lab tests benchmarks
