@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 
-TASKS = ("train", "sample", "filter", "segment", "report")
+TASKS = ("train", "sample", "filter", "segment", "cache", "report")
 
 
 def run(cfg: DictConfig) -> dict:
@@ -32,6 +32,10 @@ def run(cfg: DictConfig) -> dict:
         from rtd_lab.report import run_report
 
         return run_report(cfg)
+    if cfg.task == "cache":
+        from rtd_lab.train import run_cache
+
+        return run_cache(cfg)
     if cfg.task == "segment":
         from rtd_lab.traces.segment import run_segment
 

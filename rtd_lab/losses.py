@@ -57,6 +57,7 @@ def kd_loss(
     temperature: float = 4.0,
     divergence: str = "forward_kl",
     beta: float = 0.5,
+    count_fn=None,
 ) -> KDLoss:
     """Standard knowledge distillation (Hinton et al. 2015), the seed's baseline.
 
@@ -71,18 +72,101 @@ def kd_loss(
         alpha: weight of the distillation term, in [0, 1].
         temperature: T > 0; the T^2 factor keeps gradient scale independent of T.
         divergence: "forward_kl" (the seed's), "reverse_kl" or "jsd" (with ``beta`` in [0, 1]).
+        count_fn: maps the local number of supervised tokens to the denominator of the means
+            (DDP: global count / world size, ``ReasoningModule.shard_count``); None: the local count.
 
     Only positions with ``labels != -100`` count, so the prompt is never distilled.
     """
     mask = labels != IGNORE_INDEX  # (B, T)
-    n = mask.sum().clamp(min=1)
+    n = _count(mask.sum(), count_fn)
     s = student_logits[mask].float()  # (N, V)
-    t = teacher_logits[mask].float()
     log_p_s = F.log_softmax(s / temperature, dim=-1)
-    log_p_t = F.log_softmax(t / temperature, dim=-1)
+    log_p_t = F.log_softmax(teacher_logits[mask].float() / temperature, dim=-1)
     div = token_divergence(log_p_s, log_p_t, divergence, beta).sum() / n
     ce = F.cross_entropy(s, labels[mask], reduction="sum") / n
     return KDLoss(alpha * temperature**2 * div + (1 - alpha) * ce, div, ce)
+
+
+TAIL_FLOOR = math.log(1e-20)  # a tail bin's log-mass never goes below this (k = V leaves no tail)
+
+
+def sparse_log_probs(
+    student_logits: torch.Tensor,
+    values: torch.Tensor,
+    indices: torch.Tensor,
+    lse: torch.Tensor,
+    temperature: float,
+    tail: str = "bucket",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher and student log-distributions over the teacher's top-k tokens (+ the tail), at T.
+
+    Args:
+        student_logits: (N, V) student logits at the supervised positions.
+        values, indices: (N, k) the teacher's k largest logits and their token ids (offline cache).
+        lse: (N,) logsumexp_v(z_T[v] / T) over the teacher's whole vocabulary.
+        tail: how the mass outside the top-k is handled:
+            "bucket" (default): both distributions are coarsened to k + 1 bins, the teacher's top-k
+                tokens and one bin for all the rest. The teacher's k probabilities are exact
+                (p_T(v) = exp(z_v / T - lse)) and its tail bin gets the remaining mass; the student's
+                bins are its own full-softmax probabilities of the same k tokens and of the rest.
+                Any divergence of these (k + 1)-bin distributions is at most the dense one (data
+                processing inequality) and equals it when k = V; the student's tail is pushed to
+                hold exactly the teacher's tail mass, without a per-token target inside it.
+            "renormalize": the tail is dropped; teacher and student are both renormalised over the
+                teacher's top-k tokens (the student's mass outside them is then left to the CE term).
+
+    Returns (log_p_s, log_p_t), each (N, k + 1) for "bucket" or (N, k) for "renormalize".
+    """
+    s = student_logits.float() / temperature
+    top_s = s.gather(-1, indices)  # (N, k)
+    top_t = values.float() / temperature
+    if tail == "renormalize":
+        return F.log_softmax(top_s, dim=-1), F.log_softmax(top_t, dim=-1)
+    if tail != "bucket":
+        raise ValueError(f"teacher_cache.tail must be bucket or renormalize, got {tail!r}")
+    lse_s = torch.logsumexp(s, dim=-1, keepdim=True)  # (N, 1)
+    rest_s = torch.logsumexp(s.scatter(-1, indices, float("-inf")), dim=-1, keepdim=True) - lse_s
+    log_top_t = top_t - lse.float().unsqueeze(-1)  # exact teacher log-probs of its top-k
+    mass_t = log_top_t.exp().sum(-1, keepdim=True).clamp(max=1.0)
+    rest_t = torch.log1p(-mass_t).clamp(min=TAIL_FLOOR)
+    log_p_s = torch.cat([top_s - lse_s, rest_s.clamp(min=TAIL_FLOOR)], dim=-1)
+    log_p_t = torch.cat([log_top_t, rest_t], dim=-1)
+    return log_p_s, log_p_t
+
+
+def sparse_kd_loss(
+    student_logits: torch.Tensor,
+    values: torch.Tensor,
+    indices: torch.Tensor,
+    lse: torch.Tensor,
+    labels: torch.Tensor,
+    alpha: float = 0.7,
+    temperature: float = 4.0,
+    divergence: str = "forward_kl",
+    beta: float = 0.5,
+    tail: str = "bucket",
+    count_fn=None,
+) -> KDLoss:
+    """``kd_loss`` with the teacher as stored by the offline cache: top-k logits, not all V.
+
+        L_KD = alpha * T^2 * D(p_T^(k), p_S^(k)) + (1 - alpha) * CE(p_S, y)
+
+    p^(k) are the top-k distributions of ``sparse_log_probs`` (``tail`` says how the rest of the
+    vocabulary counts). Shapes as ``kd_loss``, with values / indices (B, T, k) and lse (B, T) in
+    place of the teacher's (B, T, V) logits. The CE term is unchanged: it needs only the labels.
+    """
+    mask = labels != IGNORE_INDEX
+    n = _count(mask.sum(), count_fn)
+    s = student_logits[mask].float()
+    log_p_s, log_p_t = sparse_log_probs(s, values[mask], indices[mask], lse[mask], temperature, tail)
+    div = token_divergence(log_p_s, log_p_t, divergence, beta).sum() / n
+    ce = F.cross_entropy(s, labels[mask], reduction="sum") / n
+    return KDLoss(alpha * temperature**2 * div + (1 - alpha) * ce, div, ce)
+
+
+def _count(local: torch.Tensor, count_fn=None) -> torch.Tensor:
+    """The denominator of a mean over items: the local count, or what ``count_fn`` makes of it (DDP)."""
+    return (local if count_fn is None else count_fn(local)).clamp(min=1)
 
 
 def gather_boundaries(hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -99,22 +183,23 @@ def transitions(h: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torc
     return h[:, 1:] - h[:, :-1], mask[:, 1:] & mask[:, :-1]
 
 
-def _per_chain_mean(per_boundary: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def _per_chain_mean(per_boundary: torch.Tensor, mask: torch.Tensor, count_fn=None) -> torch.Tensor:
     """(B, K) values → mean over each chain's real entries, then over chains that have any.
 
     A batch with no real entry gives 0 that is still attached to the graph (DDP needs every
-    parameter to get a gradient, and a NaN would poison the run).
+    parameter to get a gradient, and a NaN would poison the run). ``count_fn``: see ``kd_loss``.
     """
     mask = mask.to(per_boundary.dtype)
     counts = mask.sum(dim=1)  # (B,)
     has_any = counts > 0
+    n_chains = _count(has_any.sum(), count_fn)
     if not has_any.any():
         return (per_boundary * 0.0).sum()
     per_chain = (per_boundary * mask).sum(dim=1)[has_any] / counts[has_any]
-    return per_chain.mean()
+    return per_chain.mean() if count_fn is None else per_chain.sum() / n_chains
 
 
-def align_loss(h_s_proj: torch.Tensor, h_t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def align_loss(h_s_proj: torch.Tensor, h_t: torch.Tensor, mask: torch.Tensor, count_fn=None) -> torch.Tensor:
     """Step-boundary representation alignment (seed 001):
 
         L_align = (1/k) * sum_i (1 - cos(f(h_S_i), h_T_i))
@@ -127,10 +212,12 @@ def align_loss(h_s_proj: torch.Tensor, h_t: torch.Tensor, mask: torch.Tensor) ->
     Averaged over each chain's k boundaries, then over the chains of the batch.
     """
     cos = F.cosine_similarity(h_s_proj.float(), h_t.float(), dim=-1, eps=1e-8)  # (B, K)
-    return _per_chain_mean(1.0 - cos, mask)
+    return _per_chain_mean(1.0 - cos, mask, count_fn)
 
 
-def coherence_loss(delta_s_proj: torch.Tensor, delta_t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def coherence_loss(
+    delta_s_proj: torch.Tensor, delta_t: torch.Tensor, mask: torch.Tensor, count_fn=None
+) -> torch.Tensor:
     """Reasoning coherence loss (seed 001), on step transition vectors delta_i = h_{i+1} - h_i:
 
         L_coherence = (1/(k-1)) * sum_i (1 - cos(g(delta_S_i), delta_T_i))^2
@@ -144,10 +231,10 @@ def coherence_loss(delta_s_proj: torch.Tensor, delta_t: torch.Tensor, mask: torc
     gives 0, never NaN. Squaring, as the seed says, tolerates small deviations and punishes large ones.
     """
     cos = F.cosine_similarity(delta_s_proj.float(), delta_t.float(), dim=-1, eps=1e-8)  # (B, K-1)
-    return _per_chain_mean((1.0 - cos) ** 2, mask)
+    return _per_chain_mean((1.0 - cos) ** 2, mask, count_fn)
 
 
-def hint_loss(h_s_proj: torch.Tensor, h_t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def hint_loss(h_s_proj: torch.Tensor, h_t: torch.Tensor, mask: torch.Tensor, count_fn=None) -> torch.Tensor:
     """FitNets hint loss (Romero et al. 2015), at every token rather than at step boundaries:
 
         L_hint = mean over real tokens t and dimensions d of (W h_S[t] - h_T[t])_d^2
@@ -158,9 +245,12 @@ def hint_loss(h_s_proj: torch.Tensor, h_t: torch.Tensor, mask: torch.Tensor) -> 
         mask: (B, T) True on real (non-padding) tokens.
     """
     mask = mask.bool()
+    n = _count(mask.sum(), count_fn)
     if not mask.any():
         return (h_s_proj * 0.0).sum()
-    return F.mse_loss(h_s_proj[mask].float(), h_t[mask].float())
+    if count_fn is None:
+        return F.mse_loss(h_s_proj[mask].float(), h_t[mask].float())
+    return F.mse_loss(h_s_proj[mask].float(), h_t[mask].float(), reduction="sum") / (n * h_t.size(-1))
 
 
 def mean_direction_baseline(target: torch.Tensor, mask: torch.Tensor, loss_fn) -> torch.Tensor:

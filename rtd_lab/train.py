@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -30,6 +31,7 @@ from rtd_lab.models.build import build_causal_lm, check_same_tokenizer, load_tok
 from rtd_lab.models.teacher import Teacher
 from rtd_lab.optim import warmup_cosine
 from rtd_lab.summarize import depth_table
+from rtd_lab.teacher_cache import CacheSpec, TeacherCache, prepare_teacher_cache, teacher_identity
 from rtd_lab.traces.rft import rft_dataset
 from rtd_lab.traces.segment import apply_learned_boundaries
 from rtd_lab.traces.teacher import examples_from_dataset, teacher_traces
@@ -192,14 +194,26 @@ def _quiet_duplicate_logs() -> None:
             logging.getLogger("lightning").removeHandler(handler)
 
 
-def train(cfg: DictConfig) -> dict:
-    """Run one experiment; returns what it writes to ``results.json``."""
-    _quiet_duplicate_logs()
-    out_dir = Path(cfg.paths.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+@dataclass
+class Prepared:
+    """Everything a run builds before training: shared by ``train`` and ``task=cache``."""
+
+    datamodule: ReasoningDataModule
+    teacher: Teacher
+    tokenizer: Any
+    teacher_info: dict
+    module: Any
+    method_name: str
+    evaluator: Evaluator
+    trace_report: Any
+    segmenter_info: dict | None
+    timings: dict
+
+
+def prepare(cfg: DictConfig, out_dir: Path | None = None) -> Prepared:
+    """Teacher (cached), data (traces, boundaries), student and method, in that order."""
     timings: dict[str, float] = {}
     t0 = time.time()
-
     datamodule: ReasoningDataModule = hydra.utils.instantiate(cfg.data)
     benchmark = datamodule.benchmark
     teacher, tokenizer, teacher_info = prepare_teacher(cfg, benchmark)
@@ -207,7 +221,8 @@ def train(cfg: DictConfig) -> dict:
 
     L.seed_everything(cfg.seed, workers=True)
     student = prepare_student(cfg, tokenizer, teacher)
-    tokenizer.save_pretrained(out_dir / "tokenizer")
+    if out_dir is not None and rank_zero_only.rank == 0:
+        tokenizer.save_pretrained(out_dir / "tokenizer")
     datamodule.connect(tokenizer)
     evaluator = Evaluator(tokenizer, benchmark)
     trace_report = None
@@ -243,6 +258,119 @@ def train(cfg: DictConfig) -> dict:
         optimizer=hydra.utils.instantiate(cfg.optim.optimizer),
         scheduler=hydra.utils.instantiate(cfg.optim.scheduler),
     )
+    return Prepared(
+        datamodule,
+        teacher,
+        tokenizer,
+        teacher_info,
+        module,
+        method_name,
+        evaluator,
+        trace_report,
+        segmenter_info,
+        timings,
+    )
+
+
+def attach_teacher_cache(cfg: DictConfig, p: Prepared, force_build: bool = False) -> TeacherCache | None:
+    """The offline teacher cache of this run's (teacher, training data, boundaries), per ``teacher_cache``."""
+    settings = _container(cfg.get("teacher_cache")) or {"mode": "off"}
+    if not p.module.needs_teacher or (settings.get("mode") == "off" and not force_build):
+        return None
+    spec = CacheSpec(
+        top_k=settings.get("top_k", 16),
+        layer=p.teacher.layer,
+        dtype=settings.get("dtype", "float16"),
+        **p.module.cache_request(),
+    )
+    p.datamodule.setup()
+    cache = prepare_teacher_cache(
+        settings,
+        p.teacher,
+        p.datamodule.encoded["train"],
+        spec,
+        teacher_identity(p.teacher_info, p.teacher.model),
+        Path(hydra.utils.to_absolute_path(cfg.paths.cache_dir)),
+        batch_size=cfg.data.eval_batch_size,
+        pad_id=p.tokenizer.pad_token_id,
+        force_build=force_build,
+    )
+    p.datamodule.teacher_cache = cache
+    return cache
+
+
+def run_cache(cfg: DictConfig) -> dict:
+    """``task=cache``: build (or verify) the offline teacher cache the same ``train`` run would use."""
+    p = prepare(cfg)
+    if not p.module.needs_teacher:
+        raise ValueError(f"method {p.method_name} trains without a teacher: there is nothing to cache")
+    cache = attach_teacher_cache(cfg, p, force_build=True)
+    info = {"path": str(cache.path), **cache.manifest["stats"], "spec": cache.manifest["spec"]}
+    print(
+        f"teacher cache {cache.path}: {len(cache)} examples, {info['supervised_tokens']} supervised tokens, "
+        f"{info['bytes'] / 1e6:.1f} MB ({info['bytes_per_token']:.1f} bytes per token)"
+    )
+    return info
+
+
+def resolve_ckpt_path(cfg: DictConfig, out_dir: Path) -> str | None:
+    """``ckpt_path``: a path, ``last`` (this run directory's last checkpoint), or null, which resumes
+    automatically when the run directory is reused and holds a checkpoint (an interrupted run)."""
+    last = out_dir / "checkpoints" / "last.ckpt"
+    ckpt = cfg.get("ckpt_path")
+    if ckpt == "last":
+        if not last.exists():
+            raise FileNotFoundError(
+                f"ckpt_path=last, but {last} does not exist (hydra.run.dir names the run to resume)"
+            )
+        return str(last)
+    if ckpt is None:
+        # Lightning's SLURM auto-requeue saves hpc_ckpt_N.ckpt on the way out: the newest one wins.
+        found = [c for c in [last, *out_dir.glob("hpc_ckpt_*.ckpt")] if c.exists()]
+        if found:
+            newest = max(found, key=lambda c: c.stat().st_mtime)
+            log.info("resuming from %s (this run directory holds an interrupted run's checkpoint)", newest)
+            return str(newest)
+    if ckpt is not None and not Path(ckpt).exists():
+        raise FileNotFoundError(f"ckpt_path={ckpt}: no such checkpoint")
+    return ckpt
+
+
+def check_launch(cfg: DictConfig, trainer: L.Trainer) -> None:
+    """Refuse the one combination that misbehaves: a local Hydra multirun with Lightning's DDP launcher.
+
+    Lightning starts ranks 1..N-1 by re-running the command line (``_SubprocessScriptLauncher``); in a
+    multirun that command line is the whole sweep, so every extra rank would start a sweep of its own.
+    Under SLURM (``hydra/launcher=submitit_slurm``) the ranks are SLURM tasks and nothing is re-run.
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if trainer.world_size == 1 or not HydraConfig.initialized():
+        return
+    launcher = getattr(trainer.strategy, "launcher", None)
+    relaunches = launcher is not None and type(launcher).__name__ == "_SubprocessScriptLauncher"
+    if relaunches and HydraConfig.get().mode == RunMode.MULTIRUN:
+        raise ValueError(
+            "trainer=ddp under a local multirun (-m): Lightning would re-run the whole sweep once per extra "
+            "rank. Run the jobs one by one (python -m rtd_lab trainer=ddp ...), or sweep on a cluster with "
+            "hydra/launcher=submitit_slurm, where SLURM starts the ranks (README, Multi-node)."
+        )
+
+
+def train(cfg: DictConfig) -> dict:
+    """Run one experiment; returns what it writes to ``results.json``."""
+    _quiet_duplicate_logs()
+    out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    p = prepare(cfg, out_dir)
+    datamodule, teacher, module, evaluator = p.datamodule, p.teacher, p.module, p.evaluator
+    benchmark, timings = datamodule.benchmark, p.timings
+    t_cache = time.time()
+    cache = attach_teacher_cache(cfg, p)
+    if cache is not None:
+        timings["teacher_cache"] = round(time.time() - t_cache, 1)
 
     logger = hydra.utils.instantiate(cfg.logger) if cfg.get("logger") else False
     if logger:
@@ -254,14 +382,26 @@ def train(cfg: DictConfig) -> dict:
     if not cfg.trainer.get("enable_progress_bar", True):
         callbacks = [c for c in callbacks if not isinstance(c, TQDMProgressBar)]
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, logger=logger, callbacks=callbacks)
+    check_launch(cfg, trainer)
 
     t1 = time.time()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg, out_dir))
     timings["student_fit"] = round(time.time() - t1, 1)
+    if trainer.world_size > 1:
+        # Training is distributed; evaluation (greedy generation over the test split) runs once, on
+        # rank zero, with the trained student, and every other rank stops here.
+        trainer.strategy.barrier()
+        if trainer.global_rank != 0:
+            return {}
 
     t2 = time.time()
-    trainer.test(module, datamodule=datamodule, verbose=False)
-    student_metrics = {k: float(v) for k, v in module.test_metric.compute().items()}
+    if trainer.world_size > 1:
+        student_metrics, module.test_records = evaluator.evaluate(module.student, datamodule.test_dataloader(), "test")
+        if logger:
+            logger.log_metrics({f"test/{k}": v for k, v in student_metrics.items()}, step=trainer.global_step)
+    else:
+        trainer.test(module, datamodule=datamodule, verbose=False)
+        student_metrics = {k: float(v) for k, v in module.test_metric.compute().items()}
     timings["student_eval"] = round(time.time() - t2, 1)
 
     t3 = time.time()
@@ -278,16 +418,17 @@ def train(cfg: DictConfig) -> dict:
     timings["total"] = round(time.time() - t0, 1)
 
     results = {
-        "method": method_name,
-        "run": cfg.get("run_name", method_name),
+        "method": p.method_name,
+        "run": cfg.get("run_name", p.method_name),
         "seed": cfg.seed,
         "depths": benchmark.depths,
-        "teacher": {**{k: v for k, v in teacher_info.items() if k != "config"}, "metrics": teacher_metrics},
+        "teacher": {**{k: v for k, v in p.teacher_info.items() if k != "config"}, "metrics": teacher_metrics},
         "student": {"metrics": student_metrics, "steps": trainer.global_step},
         "curriculum": curriculum.summary() if curriculum is not None else None,
         "method_info": module.summary() if hasattr(module, "summary") else None,  # e.g. the PRM's report
-        "teacher_traces": asdict(trace_report) if trace_report else None,
-        "segmenter": segmenter_info,
+        "teacher_traces": asdict(p.trace_report) if p.trace_report else None,
+        "segmenter": p.segmenter_info,
+        "teacher_cache": {"path": str(cache.path), "tail": cache.tail, **cache.manifest["stats"]} if cache else None,
         "train_set": train_set_stats(datamodule, benchmark),
         "diagnostics": diagnostics,
         "timings_seconds": timings,

@@ -72,8 +72,10 @@ def compose_cfg(overrides: list[str], tmp_path: Path, tiny: bool = True) -> Dict
             return_hydra_config=True,
         )
     HydraConfig.instance().set_config(cfg)
+    # A fresh run directory per composed config: a reused one would resume the earlier run (train()).
+    runs = sorted(tmp_path.glob("run*"))
     with open_dict(cfg):
-        cfg.paths.output_dir = str(tmp_path / "run")
+        cfg.paths.output_dir = str(tmp_path / ("run" if not runs else f"run{len(runs)}"))
         cfg.paths.cache_dir = str(tmp_path / "cache")
         del cfg["hydra"]  # as in a real run: the app's config does not carry Hydra's own node
     return cfg

@@ -11,7 +11,7 @@ import torch
 
 import rtd_lab.methods.rtd as rtd_mod
 from rtd_lab.curriculum import DepthCurriculum
-from rtd_lab.data.datamodule import StagedBatchSampler
+from rtd_lab.data.samplers import StagedBatchSampler
 from rtd_lab.losses import align_loss, coherence_loss, mean_direction_baseline
 from rtd_lab.train import train
 

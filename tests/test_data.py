@@ -154,7 +154,7 @@ def test_datamodule_needs_connect_and_serves_every_split():
 
 
 def test_length_buckets_cover_every_example_once_per_epoch_and_pad_less():
-    from rtd_lab.data.datamodule import LengthBucketBatchSampler
+    from rtd_lab.data.samplers import LengthBucketBatchSampler
 
     lengths = [10 + 6 * (i % 6) for i in range(1000)]
     sampler = LengthBucketBatchSampler(lengths, batch_size=32, seed=3)

@@ -22,9 +22,15 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 
 from rtd_lab.data.example import ReasoningExample, TraceFormat
+from rtd_lab.data.samplers import (
+    LengthBucketBatchSampler,
+    ResumableLoader,
+    ShuffledBatchSampler,
+    StagedBatchSampler,
+)
 
 
 @dataclass(frozen=True)
@@ -34,6 +40,7 @@ class Encoded:
     labels: list[int]
     boundary_pos: list[int]
     prompt_len: int
+    row: int = -1  # index in its split (the offline teacher cache is keyed by it)
 
 
 def encode_example(
@@ -73,8 +80,13 @@ def move_batch(batch: dict, device: torch.device) -> dict:
 
 
 class Collator:
-    def __init__(self, pad_id: int):
+    """Pads a list of ``Encoded`` into the batch above; with a ``teacher_cache``, adds the cached
+    teacher outputs as ``teacher_topk_values|indices`` (B, T, k), ``teacher_lse`` (B, T),
+    ``teacher_boundary_hidden`` (B, K, D) and ``teacher_hint_<layer>`` (B, T, D)."""
+
+    def __init__(self, pad_id: int, teacher_cache=None):
         self.pad_id = pad_id
+        self.teacher_cache = teacher_cache
 
     def __call__(self, items: list[Encoded]) -> dict:
         B = len(items)
@@ -97,7 +109,20 @@ class Collator:
             boundary_mask[b, :k] = True
             prompt_ids[b, P - p :] = torch.tensor(x.input_ids[:p])  # left padding for generation
             prompt_mask[b, P - p :] = 1
+        cached = {}
+        if self.teacher_cache is not None:
+            from rtd_lab.teacher_cache import collate_cache
+
+            c = collate_cache(self.teacher_cache, items, T, K)
+            cached = {
+                "teacher_topk_values": c["values"],
+                "teacher_topk_indices": c["indices"],
+                "teacher_lse": c["lse"],
+                "teacher_boundary_hidden": c["boundary"],
+                **{f"teacher_{name}": h for name, h in c["hints"].items()},
+            }
         return {
+            **cached,
             "input_ids": input_ids,
             "attention_mask": attention_mask,
             "labels": labels,
@@ -108,72 +133,6 @@ class Collator:
             "prompt_mask": prompt_mask,
             "examples": [x.example for x in items],
         }
-
-
-class LengthBucketBatchSampler(Sampler[list[int]]):
-    """Shuffled batches of similar length: pad less, train faster, same examples per epoch.
-
-    Each epoch: shuffle all indices, cut them into pools of ``pool_batches`` batches, sort each
-    pool by length, cut it into batches, shuffle the batch order. On the synthetic benchmark a
-    batch then holds one or two depths instead of all of them (about 20 % fewer padded tokens).
-    """
-
-    def __init__(self, lengths: list[int], batch_size: int, seed: int = 0, pool_batches: int = 16):
-        self.lengths = lengths
-        self.batch_size = batch_size
-        self.seed = seed
-        self.pool = batch_size * pool_batches
-        self.epoch = 0
-
-    def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed + self.epoch)
-        self.epoch += 1
-        order = torch.randperm(len(self.lengths), generator=g).tolist()
-        batches = []
-        for start in range(0, len(order), self.pool):
-            pool = sorted(order[start : start + self.pool], key=self.lengths.__getitem__)
-            batches += [pool[i : i + self.batch_size] for i in range(0, len(pool), self.batch_size)]
-        for i in torch.randperm(len(batches), generator=g).tolist():
-            yield batches[i]
-
-    def __len__(self) -> int:
-        pools, rest = divmod(len(self.lengths), self.pool)
-        return pools * -(-self.pool // self.batch_size) + -(-rest // self.batch_size)
-
-
-class StagedBatchSampler(Sampler[list[int]]):
-    """Shuffled batches drawn only from the examples the current curriculum stage allows.
-
-    ``max_depth_fn()`` is read before every batch, so a stage that ends mid-epoch takes effect
-    at once, up to prefetching: Lightning fetches one batch ahead, and each DataLoader worker a
-    few more, so that many batches of the old stage still arrive. An epoch is as many batches as the
-    full training set makes, whatever the stage, so epochs stay comparable across stages.
-    """
-
-    def __init__(self, depths: list[int], batch_size: int, max_depth_fn, seed: int = 0):
-        self.depths = depths
-        self.batch_size = batch_size
-        self.max_depth_fn = max_depth_fn
-        self.seed = seed
-        self.epoch = 0
-
-    def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed + self.epoch)
-        self.epoch += 1
-        current, order, pos = None, [], 0
-        for _ in range(len(self)):
-            max_depth = self.max_depth_fn()
-            if max_depth != current or pos >= len(order):  # a new stage, or this stage's pool is used up
-                pool = [i for i, d in enumerate(self.depths) if d <= max_depth]
-                if not pool:
-                    raise ValueError(f"no training example has depth <= {max_depth} (curriculum.stages)")
-                order = [pool[j] for j in torch.randperm(len(pool), generator=g).tolist()]
-                current, pos = max_depth, 0
-            yield order[pos : pos + self.batch_size]
-            pos += self.batch_size
-
-    def __len__(self) -> int:
-        return -(-len(self.depths) // self.batch_size)
 
 
 TRACE_SOURCES = ("gold", "teacher", "rft")
@@ -246,6 +205,8 @@ class ReasoningDataModule(L.LightningDataModule):
         # Set by the depth curriculum (rtd_lab.curriculum): train on chains of depth <= this.
         # None: every depth, plain shuffled batches.
         self.max_train_depth: int | None = None
+        # The offline teacher outputs of the training split (rtd_lab.teacher_cache), set by train().
+        self.teacher_cache = None
 
     def use_train_traces(self, examples: list[ReasoningExample]) -> None:
         """Train on these examples (same questions, other traces) instead of the benchmark's."""
@@ -280,8 +241,13 @@ class ReasoningDataModule(L.LightningDataModule):
 
         self.encoded = {
             split: [
-                encode_example(ex, self.tokenizer, fmt, not self.answer_only, segmenter if split != "test" else None)
-                for ex in examples
+                replace(
+                    encode_example(
+                        ex, self.tokenizer, fmt, not self.answer_only, segmenter if split != "test" else None
+                    ),
+                    row=i,
+                )
+                for i, ex in enumerate(examples)
             ]
             for split, examples in splits.items()
         }
@@ -321,27 +287,46 @@ class ReasoningDataModule(L.LightningDataModule):
             raise ValueError(f"no validation example has depth <= {max_depth} (curriculum.stages)")
         return DataLoader(items, batch_size=self.eval_batch_size, collate_fn=Collator(self.tokenizer.pad_token_id))
 
+    def _distributed(self) -> tuple[int, int]:
+        """(rank, world size) of the attached trainer; (0, 1) outside one."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None or trainer.world_size == 1:
+            return 0, 1
+        if getattr(trainer._accelerator_connector, "use_distributed_sampler", False):
+            raise ValueError(
+                "trainer.use_distributed_sampler must be false with several processes: rtd_lab's batch "
+                "samplers split each global batch across ranks themselves (conf/trainer/ddp.yaml sets it)"
+            )
+        return trainer.global_rank, trainer.world_size
+
+    def _consumed(self) -> int:
+        """Batches of the current epoch the trainer has trained on (checkpoints store the rest)."""
+        trainer = getattr(self, "trainer", None)
+        return 0 if trainer is None else trainer.fit_loop.epoch_loop.batch_idx + 1
+
     def train_dataloader(self) -> DataLoader:
+        """Global batches of ``batch_size``, this rank's share of each, resumable (``rtd_lab.data.samplers``)."""
+        self.setup()
+        rank, world = self._distributed()
+        train = self.encoded["train"]
         if self.max_train_depth is not None:
             if self.bucket_by_length:
                 raise ValueError("data.bucket_by_length and a depth curriculum cannot be combined (yet)")
-            self.setup()
-            depths = [x.example.depth for x in self.encoded["train"]]
-            return DataLoader(
-                self.encoded["train"],
-                batch_sampler=StagedBatchSampler(depths, self.batch_size, lambda: self.max_train_depth, self.seed),
-                collate_fn=Collator(self.tokenizer.pad_token_id),
-                num_workers=self.num_workers,
+            depths = [x.example.depth for x in train]
+            sampler = StagedBatchSampler(
+                depths, self.batch_size, lambda: self.max_train_depth, self.seed, rank=rank, world_size=world
             )
-        if not self.bucket_by_length:
-            return self._loader("train", True, self.batch_size)
-        self.setup()
-        lengths = [len(x.input_ids) for x in self.encoded["train"]]
-        return DataLoader(
-            self.encoded["train"],
-            batch_sampler=LengthBucketBatchSampler(lengths, self.batch_size, seed=self.seed),
-            collate_fn=Collator(self.tokenizer.pad_token_id),
+        elif self.bucket_by_length:
+            lengths = [len(x.input_ids) for x in train]
+            sampler = LengthBucketBatchSampler(lengths, self.batch_size, seed=self.seed, rank=rank, world_size=world)
+        else:
+            sampler = ShuffledBatchSampler(len(train), self.batch_size, self.seed, rank=rank, world_size=world)
+        return ResumableLoader(
+            train,
+            batch_sampler=sampler,
+            collate_fn=Collator(self.tokenizer.pad_token_id, self.teacher_cache),
             num_workers=self.num_workers,
+            consumed_fn=self._consumed,
         )
 
     def val_dataloader(self) -> DataLoader:

@@ -8,16 +8,36 @@ logged without the ``loss_`` prefix). Train, validation and test share that step
 
 from __future__ import annotations
 
+import random
 from dataclasses import asdict
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from torch import nn
 
 from rtd_lab.evaluation import Evaluator
 from rtd_lab.metrics import ReasoningAccuracy
-from rtd_lab.models.teacher import Teacher
+from rtd_lab.models.teacher import SparseLogits, Teacher, TeacherOutput
+
+
+def rng_states() -> dict:
+    """The global RNG states (torch, Python, NumPy) as plain lists: a checkpoint loads them weights-only."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": [kind, keys.tolist(), pos, has_gauss, gauss],
+    }
+
+
+def set_rng_states(states: dict) -> None:
+    torch.set_rng_state(states["torch"])
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
 
 
 def check_weight(value: float, field: str) -> float:
@@ -51,18 +71,60 @@ class ReasoningModule(L.LightningModule):
         self.test_records: list[dict] = []
         # The teacher is frozen and cached on disk by its own key: keep it out of checkpoints.
         self.strict_loading = False
+        self._rng_to_restore: dict | None = None  # from a checkpoint: see on_train_batch_start
 
     # ---- the one thing a method defines -------------------------------------------------------
     def compute_losses(self, batch: dict) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
     # ---- shared plumbing ----------------------------------------------------------------------
+    def shard_count(self, local: torch.Tensor) -> torch.Tensor:
+        """What a loss's local count of items stands for, so that DDP's gradient average is exact.
+
+        A loss is a mean over a batch's items (tokens, chains): sum / count. Under DDP each rank holds
+        part of the global batch and the gradients are averaged over ranks, so dividing by the local
+        count would weight a rank's items by how few it has. Dividing by (global count / world size)
+        instead makes the averaged gradient that of sum_all / count_all, the single-process loss
+        at the same global batch. Only while training: validation and evaluation run on one rank's
+        full data, and an all-reduce on one rank alone would hang.
+        """
+        trainer = self._trainer
+        if trainer is None or getattr(trainer, "world_size", 1) == 1 or not trainer.training:
+            return local
+        total = trainer.strategy.reduce(local.detach().float().clone(), reduce_op="sum")
+        return total / trainer.world_size
+
     def student_forward(self, batch: dict, hidden: bool = False):
         # No attention mask: training batches are right-padded, so under causal attention no real
         # token ever sees a pad and every real position's output is the same with or without it;
         # the padding mask only costs time (about a quarter of a CPU step at this size).
         # Pad positions' outputs differ, but no label or boundary ever points at one.
         return self.student(input_ids=batch["input_ids"], output_hidden_states=hidden, use_cache=False)
+
+    def teacher_forward(
+        self, batch: dict, boundaries: bool = False, hidden_layers: list[int] | None = None
+    ) -> TeacherOutput:
+        """The teacher's outputs on a batch: read from the offline cache when the batch carries them
+        (training batches, ``rtd_lab.teacher_cache``), else a forward pass of the frozen teacher."""
+        if "teacher_topk_indices" in batch:
+            cache = self.trainer.datamodule.teacher_cache
+            logits = SparseLogits(
+                batch["teacher_topk_values"], batch["teacher_topk_indices"], batch["teacher_lse"], cache.tail
+            )
+            layers = None
+            if hidden_layers:
+                missing = [i for i in hidden_layers if f"teacher_hint_{i}" not in batch]
+                if missing:
+                    raise RuntimeError(f"the teacher cache {cache.path} holds no hidden states of layers {missing}")
+                layers = tuple(batch[f"teacher_hint_{i}"] for i in hidden_layers)
+            return TeacherOutput(logits, batch["teacher_boundary_hidden"] if boundaries else None, layers)
+        return self.teacher(
+            batch["input_ids"], boundary_pos=batch["boundary_pos"] if boundaries else None, hidden_layers=hidden_layers
+        )
+
+    def cache_request(self) -> dict:
+        """What the offline teacher cache must hold for this method (``rtd_lab.teacher_cache.CacheSpec``)."""
+        return {"temperature": getattr(getattr(self, "kd", None), "temperature", 1.0), "hint_layers": ()}
 
     def model_step(self, batch: dict, stage: str) -> torch.Tensor:
         losses = self.compute_losses(batch)
@@ -100,6 +162,25 @@ class ReasoningModule(L.LightningModule):
         state = checkpoint["state_dict"]
         for key in [k for k in state if k.startswith("teacher.")]:
             del state[key]
+        # The global RNGs drive the shuffle of every new epoch and any sampling in a training step:
+        # a resumed run restores them to continue exactly as the uninterrupted one (tests/test_resume.py).
+        checkpoint["rng_states"] = rng_states()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._rng_to_restore = checkpoint.get("rng_states")
+
+    def on_train_start(self) -> None:
+        # A checkpoint taken at an epoch's end: the next epoch's loader draws its shuffle seed after this.
+        if self._rng_to_restore is not None:
+            set_rng_states(self._rng_to_restore)
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # A checkpoint taken mid-epoch: re-creating the loader's iterator drew from the RNG, which the
+        # uninterrupted run did not do at this point; restore again before the first resumed step.
+        if self._rng_to_restore is not None:
+            if batch_idx > 0:
+                set_rng_states(self._rng_to_restore)
+            self._rng_to_restore = None
 
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]  # student + method projections

@@ -21,4 +21,6 @@ class CoTFineTune(ReasoningModule):
         logits = out.logits[:, :-1]  # (B, T-1, V): position t predicts token t+1
         labels = batch["labels"][:, 1:]
         ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), labels.reshape(-1))
+        n = (labels != -100).sum()
+        ce = ce * (n / self.shard_count(n))  # exactly 1 on one process; DDP: see ReasoningModule.shard_count
         return {"loss": ce, "ce": ce.detach()}

@@ -46,13 +46,16 @@ class FitNets(StandardKD):
         d_s, d_t = self.student.config.hidden_size, self.teacher.hidden_size
         self.hints = nn.ModuleList(nn.Linear(d_s, d_t) for _ in range(m))
 
+    def cache_request(self) -> dict:
+        return {**super().cache_request(), "hint_layers": tuple(self.teacher_layers)}
+
     def compute_losses(self, batch: dict) -> dict[str, torch.Tensor]:
         s = self.student_forward(batch, hidden=True)
-        t = self.teacher(batch["input_ids"], hidden_layers=self.teacher_layers)
-        kd = self.kd(s.logits, t.logits, batch["labels"])
+        t = self.teacher_forward(batch, hidden_layers=self.teacher_layers)
+        kd = self.kd(s.logits, t.logits, batch["labels"], self.shard_count)
         real = batch["attention_mask"].bool()
         hints = [
-            hint_loss(w(s.hidden_states[i]), h_t, real)
+            hint_loss(w(s.hidden_states[i]), h_t, real, self.shard_count)
             for w, i, h_t in zip(self.hints, self.student_layers, t.layer_hidden, strict=True)
         ]
         l_hint = torch.stack(hints).mean()

@@ -45,15 +45,15 @@ class RTD(StandardKD):
     def compute_losses(self, batch: dict) -> dict[str, torch.Tensor]:
         pos, mask = batch["boundary_pos"], batch["boundary_mask"]  # (B, K)
         s = self.student_forward(batch, hidden=True)
-        t = self.teacher(batch["input_ids"], boundary_pos=pos)
-        kd = self.kd(s.logits, t.logits, batch["labels"])
+        t = self.teacher_forward(batch, boundaries=True)
+        kd = self.kd(s.logits, t.logits, batch["labels"], self.shard_count)
 
         h_s = gather_boundaries(s.hidden_states[self.student_layer], pos)  # (B, K, D_S)
         h_t = t.boundary_hidden  # (B, K, D_T)
-        l_align = align_loss(self.f(h_s), h_t, mask)
+        l_align = align_loss(self.f(h_s), h_t, mask, self.shard_count)
         delta_s, t_mask = transitions(h_s, mask)  # (B, K-1, D_S)
         delta_t, _ = transitions(h_t, mask)  # (B, K-1, D_T)
-        l_coherence = coherence_loss(self.g(delta_s), delta_t, t_mask)
+        l_coherence = coherence_loss(self.g(delta_s), delta_t, t_mask, self.shard_count)
 
         loss = kd.loss + self.w_align * l_align + self.w_coherence * l_coherence
         return {

@@ -11,15 +11,17 @@ from dataclasses import dataclass
 
 import torch
 
-from rtd_lab.losses import DIVERGENCES, KDLoss, kd_loss
+from rtd_lab.losses import DIVERGENCES, KDLoss, kd_loss, sparse_kd_loss
 from rtd_lab.methods.base import ReasoningModule
+from rtd_lab.models.teacher import SparseLogits
 
 
 @dataclass(frozen=True)
 class LogitKD:
     """The L_KD term every KD-based method shares, its settings validated once.
 
-    Called with unshifted (B, T, V) logits and (B, T) labels; it does the causal shift.
+    Called with unshifted (B, T, V) logits and (B, T) labels; it does the causal shift. The teacher's
+    logits are dense (online) or the offline cache's top-k (``SparseLogits``, ``losses.sparse_kd_loss``).
     """
 
     alpha: float = 0.7
@@ -37,16 +39,27 @@ class LogitKD:
         if not 0 <= self.beta <= 1:
             raise ValueError(f"method.beta must be in [0, 1], got {self.beta}")
 
-    def __call__(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor) -> KDLoss:
-        return kd_loss(
-            student_logits[:, :-1],
-            teacher_logits[:, :-1],
-            labels[:, 1:],
-            self.alpha,
-            self.temperature,
-            self.divergence,
-            self.beta,
-        )
+    def __call__(
+        self,
+        student_logits: torch.Tensor,
+        teacher_logits: torch.Tensor | SparseLogits,
+        labels: torch.Tensor,
+        count_fn=None,
+    ) -> KDLoss:
+        settings = (self.alpha, self.temperature, self.divergence, self.beta)
+        if isinstance(teacher_logits, SparseLogits):
+            t = teacher_logits
+            return sparse_kd_loss(
+                student_logits[:, :-1],
+                t.values[:, :-1],
+                t.indices[:, :-1],
+                t.lse[:, :-1],
+                labels[:, 1:],
+                *settings,
+                tail=t.tail,
+                count_fn=count_fn,
+            )
+        return kd_loss(student_logits[:, :-1], teacher_logits[:, :-1], labels[:, 1:], *settings, count_fn=count_fn)
 
 
 class StandardKD(ReasoningModule):
@@ -64,6 +77,6 @@ class StandardKD(ReasoningModule):
 
     def compute_losses(self, batch: dict) -> dict[str, torch.Tensor]:
         s = self.student_forward(batch)
-        t = self.teacher(batch["input_ids"])
-        kd = self.kd(s.logits, t.logits, batch["labels"])
+        t = self.teacher_forward(batch)
+        kd = self.kd(s.logits, t.logits, batch["labels"], self.shard_count)
         return {"loss": kd.loss, "kd": kd.loss.detach(), "div": kd.div.detach(), "ce": kd.ce.detach()}

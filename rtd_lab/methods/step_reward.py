@@ -137,8 +137,8 @@ class StepReward(StandardKD):
     def compute_losses(self, batch: dict) -> dict[str, torch.Tensor]:
         self.ensure_prm()
         s = self.student_forward(batch)
-        t = self.teacher(batch["input_ids"])
-        kd = self.kd(s.logits, t.logits, batch["labels"])
+        t = self.teacher_forward(batch)  # the KD anchor may come from the offline cache; the PRM runs online
+        kd = self.kd(s.logits, t.logits, batch["labels"], self.shard_count)
 
         sampled = self.sample(batch)
         reward = self.prm.score(self.teacher.model, sampled)  # (B, S), 0 on padded steps

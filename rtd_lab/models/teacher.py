@@ -10,8 +10,17 @@ from torch import nn
 from rtd_lab.losses import gather_boundaries
 
 
+class SparseLogits(NamedTuple):
+    """The teacher's logits as the offline cache stores them (``rtd_lab.teacher_cache``)."""
+
+    values: torch.Tensor  # (B, T, k) the k largest logits
+    indices: torch.Tensor  # (B, T, k) their token ids
+    lse: torch.Tensor  # (B, T) logsumexp over the whole vocabulary of logits / T
+    tail: str = "bucket"  # how the mass outside the top-k counts (losses.sparse_log_probs)
+
+
 class TeacherOutput(NamedTuple):
-    logits: torch.Tensor  # (B, T, V)
+    logits: torch.Tensor | SparseLogits  # (B, T, V) online, or the cache's top-k
     boundary_hidden: torch.Tensor | None  # (B, K, D_T) at ``layer``, or None when not asked for
     layer_hidden: tuple[torch.Tensor, ...] | None = None  # (B, T, D_T) per layer of ``hidden_layers``
 
