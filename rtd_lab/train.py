@@ -391,7 +391,10 @@ def train(cfg: DictConfig) -> dict:
         # Training is distributed; evaluation (greedy generation over the test split) runs once, on
         # rank zero, with the trained student, and every other rank stops here.
         trainer.strategy.barrier()
-        if trainer.global_rank != 0:
+        rank = trainer.global_rank
+        # Rank zero goes on alone: no collective (e.g. a torchmetrics sync) may wait for the others.
+        torch.distributed.destroy_process_group()
+        if rank != 0:
             return {}
 
     t2 = time.time()

@@ -103,11 +103,12 @@ class ResumableBatchSampler(Sampler[list[int]]):
 
 
 class ShuffledBatchSampler(ResumableBatchSampler):
-    """A fresh permutation each epoch, cut into consecutive batches.
+    """A fresh permutation each epoch (seeded by ``seed + epoch``), cut into consecutive batches.
 
-    The permutation's seed is drawn from the global torch RNG when the epoch starts, exactly as
-    ``DataLoader(shuffle=True)`` does (``RandomSampler``), so single-process runs see the batches
-    they saw before this sampler existed; every rank draws the same seed (``seed_everything``).
+    Not ``DataLoader(shuffle=True)``, which draws each epoch's seed from the global RNG: then
+    anything that used the RNG before training (sampling traces, fitting a boundary classifier or
+    a PRM, the DDP set-up) changed the batch order, and two ranks could disagree on it. Runs before
+    issue 6 (commit 8af7292 and earlier) shuffled that way; their per-seed numbers differ from today's.
     """
 
     def __init__(self, n: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1):
@@ -115,8 +116,7 @@ class ShuffledBatchSampler(ResumableBatchSampler):
         self.n = n
 
     def _start_epoch(self, epoch: int) -> dict:
-        seed = int(torch.empty((), dtype=torch.int64).random_().item())
-        order = torch.randperm(self.n, generator=torch.Generator().manual_seed(seed)).tolist()
+        order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + epoch)).tolist()
         return {"order": order, "pos": 0}
 
     def _next(self, cursor: dict) -> list[int] | None:

@@ -134,7 +134,9 @@ class ReasoningModule(L.LightningModule):
                 key = f"{stage}/loss"
             else:
                 key = f"{stage}/{name}" if name in self.diagnostics else f"{stage}/loss_{name}"
-            self.log(key, value.detach(), batch_size=bs, prog_bar=name == "loss", sync_dist=stage != "train")
+            # Synced (a no-op on one process): under DDP a rank's training loss is its share
+            # (ReasoningModule.shard_count), and the mean over ranks is the global batch's loss.
+            self.log(key, value.detach(), batch_size=bs, prog_bar=name == "loss", sync_dist=True)
         return losses["loss"]
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
