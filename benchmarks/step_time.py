@@ -1,4 +1,5 @@
-"""Training-step time: RTD / standard KD (online teacher), and rtd_lab's KD step / a hand-written loop.
+"""Training-step time: RTD / standard KD (teacher online and cached), rtd_lab's KD step / a hand-written
+loop, the offline cache's size per token, and the peak memory of training.
 
     python benchmarks/step_time.py            # (make bench) default teacher and student, CPU
 
@@ -8,8 +9,10 @@ thing: the method's LightningModule under a Lightning Trainer configured as ``co
 a plain PyTorch loop doing the same math on the same batches: student and teacher forward, the
 same ``LogitKD`` (shift + ``kd_loss``), backward, clipping, AdamW, the warm-up + cosine schedule. Each timing is a whole
 ``--steps``-step run (Trainer start-up included), repeated ``--reps`` times; medians are reported.
-Writes ``benchmarks/results/step_time.{json,md}``. The offline teacher cache (issue 6) is not
-built yet, so RTD / KD is measured with the teacher in the loop only.
+"Cached" contenders read the teacher's outputs from the offline cache (``task=cache``, built here
+if missing, with the default settings: top-16 logits in float16, ``tail=bucket``) on the same
+batches. Peak memory: the process's peak resident set after all runs (CPU; on a GPU also
+``torch.cuda.max_memory_allocated`` per contender). Writes ``benchmarks/results/step_time.{json,md}``.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import argparse
 import copy
 import json
 import os
+import resource
 import statistics
 import time
 from pathlib import Path
@@ -30,6 +34,7 @@ from omegaconf import OmegaConf, open_dict
 from torch.utils.data import DataLoader
 
 from rtd_lab.optim import warmup_cosine
+from rtd_lab.teacher_cache import CacheSpec, prepare_teacher_cache, teacher_identity
 from rtd_lab.train import prepare_student, prepare_teacher
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,7 +46,7 @@ def build(experiment: str, cache_dir: str):
     with open_dict(cfg):
         cfg.paths.cache_dir, cfg.paths.output_dir = cache_dir, str(ROOT / "benchmarks" / "results" / "_run")
     dm = instantiate(cfg.data)
-    teacher, tokenizer, _ = prepare_teacher(cfg, dm.benchmark)
+    teacher, tokenizer, info = prepare_teacher(cfg, dm.benchmark)
     L.seed_everything(0)
     student = prepare_student(cfg, tokenizer, teacher)
     dm.connect(tokenizer)
@@ -55,10 +60,55 @@ def build(experiment: str, cache_dir: str):
         optimizer=instantiate(cfg.optim.optimizer),
         scheduler=instantiate(cfg.optim.scheduler),
     )
+    module.teacher_info = info
     return cfg, dm, module
 
 
-def lightning_run(module, batches, steps: int) -> float:
+def cached_batches(cfg, dm, module, steps: int) -> tuple[list[dict], dict]:
+    """The same batches as the online contenders, carrying the cached teacher outputs; the cache's stats."""
+    settings = OmegaConf.to_container(cfg.teacher_cache, resolve=True)
+    spec = CacheSpec(
+        top_k=settings["top_k"], layer=module.teacher.layer, dtype=settings["dtype"], **module.cache_request()
+    )
+    dm.setup()
+    cache = prepare_teacher_cache(
+        settings,
+        module.teacher,
+        dm.encoded["train"],
+        spec,
+        teacher_identity(module.teacher_info, module.teacher.model),
+        Path(cfg.paths.cache_dir),
+        batch_size=cfg.data.eval_batch_size,
+        pad_id=dm.tokenizer.pad_token_id,
+        force_build=True,
+    )
+    dm.teacher_cache = cache
+    loader = iter(dm.train_dataloader())
+    batches = [next(loader) for _ in range(steps)]
+    dm.teacher_cache = None
+    return batches, cache.manifest["stats"]
+
+
+WARM = 20  # steady state: steps after the first WARM (start-up, allocator, first-step costs excluded)
+
+
+class StepClock(L.Callback):
+    def __init__(self, stamps: list[float]):
+        self.stamps = stamps
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.stamps.append(time.perf_counter())
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.stamps.append(time.perf_counter())
+
+
+def steady(stamps: list[float]) -> float:
+    """Seconds per step from step WARM to the end of the run."""
+    return (stamps[-1] - stamps[WARM]) / (len(stamps) - 1 - WARM)
+
+
+def lightning_run(module, batches, steps: int, stamps: list[float] | None = None) -> float:
     trainer = L.Trainer(
         accelerator="cpu",
         devices=1,
@@ -71,13 +121,15 @@ def lightning_run(module, batches, steps: int) -> float:
         enable_model_summary=False,
         limit_val_batches=0,
         num_sanity_val_steps=0,
+        callbacks=[StepClock(stamps if stamps is not None else [])],
     )
     start = time.perf_counter()
     trainer.fit(copy.deepcopy(module), train_dataloaders=DataLoader(batches, batch_size=None))
     return time.perf_counter() - start
 
 
-def hand_run(module, batches, steps: int, cfg) -> float:
+def hand_run(module, batches, steps: int, cfg, stamps: list[float] | None = None) -> float:
+    stamps = stamps if stamps is not None else []
     student, teacher = copy.deepcopy(module.student), module.teacher.model
     kd = module.kd  # LogitKD: the method's settings and the causal shift around losses.kd_loss
     start = time.perf_counter()
@@ -87,6 +139,7 @@ def hand_run(module, batches, steps: int, cfg) -> float:
     sched = warmup_cosine(opt, steps, cfg.optim.scheduler.warmup_ratio, cfg.optim.scheduler.min_lr_ratio)
     student.train()
     for batch in batches[:steps]:
+        stamps.append(time.perf_counter())
         logits = student(input_ids=batch["input_ids"], use_cache=False).logits
         with torch.no_grad():
             t_logits = teacher(input_ids=batch["input_ids"], use_cache=False).logits
@@ -96,6 +149,7 @@ def hand_run(module, batches, steps: int, cfg) -> float:
         opt.step()
         opt.zero_grad()
         sched.step()
+    stamps.append(time.perf_counter())
     return time.perf_counter() - start
 
 
@@ -110,20 +164,45 @@ def main() -> None:
     _, _, rtd_module = build("rtd", cache)
     loader = iter(dm.train_dataloader())
     batches = [next(loader) for _ in range(args.steps)]  # the same batches for every contender
-    for b in batches:
+    cached, cache_stats = cached_batches(cfg, dm, rtd_module, args.steps)  # KD and RTD share one cache
+    for b in batches + cached:
         b.pop("examples", None)  # python objects: not part of the math
+    assert all(torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(batches, cached, strict=True))
 
-    runs = {"rtd_lab standard_kd": [], "hand-written standard_kd": [], "rtd_lab rtd": []}
+    contenders = {
+        "rtd_lab standard_kd": lambda st: lightning_run(kd_module, batches, args.steps, st),
+        "hand-written standard_kd": lambda st: hand_run(kd_module, batches, args.steps, cfg, st),
+        "rtd_lab rtd": lambda st: lightning_run(rtd_module, batches, args.steps, st),
+        "rtd_lab standard_kd, cached teacher": lambda st: lightning_run(kd_module, cached, args.steps, st),
+        "rtd_lab rtd, cached teacher": lambda st: lightning_run(rtd_module, cached, args.steps, st),
+    }
+    runs: dict[str, list[float]] = {k: [] for k in contenders}
+    steady_runs: dict[str, list[float]] = {k: [] for k in contenders}
+    gpu_peak: dict[str, int] = {}
     lightning_run(kd_module, batches, 5)  # warm-up: allocator, kernels, Lightning imports
-    for _ in range(args.reps):  # interleaved, so drift in machine load hits all three alike
-        runs["rtd_lab standard_kd"].append(lightning_run(kd_module, batches, args.steps))
-        runs["hand-written standard_kd"].append(hand_run(kd_module, batches, args.steps, cfg))
-        runs["rtd_lab rtd"].append(lightning_run(rtd_module, batches, args.steps))
+    for _ in range(args.reps):  # interleaved, so drift in machine load hits all contenders alike
+        for name, run in contenders.items():
+            if torch.cuda.is_available():
+                torch.cuda.reset_peak_memory_stats()
+            stamps: list[float] = []
+            runs[name].append(run(stamps))
+            steady_runs[name].append(steady(stamps))
+            if torch.cuda.is_available():
+                gpu_peak[name] = torch.cuda.max_memory_allocated()
     med = {k: statistics.median(v) for k, v in runs.items()}
+    st = {k: statistics.median(v) for k, v in steady_runs.items()}
     result = {
         "seconds_per_step": {k: v / args.steps for k, v in med.items()},
+        "steady_seconds_per_step": st,
+        "framework_over_hand_written_steady": st["rtd_lab standard_kd"] / st["hand-written standard_kd"],
+        "rtd_over_kd_cached_steady": st["rtd_lab rtd, cached teacher"] / st["rtd_lab standard_kd, cached teacher"],
         "rtd_over_kd_online": med["rtd_lab rtd"] / med["rtd_lab standard_kd"],
+        "rtd_over_kd_cached": med["rtd_lab rtd, cached teacher"] / med["rtd_lab standard_kd, cached teacher"],
+        "rtd_cached_over_kd_online": med["rtd_lab rtd, cached teacher"] / med["rtd_lab standard_kd"],
         "framework_over_hand_written": med["rtd_lab standard_kd"] / med["hand-written standard_kd"],
+        "cache": cache_stats,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "gpu_peak_bytes": gpu_peak or None,
         "runs_seconds": runs,
         "settings": vars(args) | {"batch_size": cfg.data.batch_size, "threads": torch.get_num_threads()},
     }
@@ -131,12 +210,23 @@ def main() -> None:
         f"Training-step time, default models, batch {cfg.data.batch_size}, CPU ({os.cpu_count()} cores), "
         f"{args.steps}-step runs incl. start-up, median of {args.reps}",
         "",
-        "| contender | ms / step |",
-        "|---|---|",
-        *[f"| {k} | {1000 * v:.1f} |" for k, v in result["seconds_per_step"].items()],
+        "| contender | ms / step, whole run | ms / step, steady (after step 20) |",
+        "|---|---|---|",
+        *[f"| {k} | {1000 * v:.1f} | {1000 * st[k]:.1f} |" for k, v in result["seconds_per_step"].items()],
         "",
-        f"RTD / standard KD (teacher online): **{result['rtd_over_kd_online']:.2f}**",
-        f"rtd_lab standard KD / hand-written loop: **{result['framework_over_hand_written']:.2f}**",
+        "| measure | value | goal |",
+        "|---|---|---|",
+        f"| RTD / standard KD, teacher online | {result['rtd_over_kd_online']:.2f} | |",
+        f"| RTD / standard KD, teacher cached | {result['rtd_over_kd_cached']:.2f} | <= 1.15 |",
+        f"| RTD cached / standard KD online | {result['rtd_cached_over_kd_online']:.2f} | |",
+        f"| RTD / standard KD, teacher cached, steady | {result['rtd_over_kd_cached_steady']:.2f} | <= 1.15 |",
+        f"| rtd_lab standard KD / hand-written loop, whole run | {result['framework_over_hand_written']:.2f} | |",
+        f"| rtd_lab standard KD / hand-written loop, steady | {result['framework_over_hand_written_steady']:.2f} "
+        "| <= 1.05 |",
+        f"| cache size, bytes per supervised token | {cache_stats['bytes_per_token']:.1f} | |",
+        f"| cache size, total | {cache_stats['bytes'] / 1e6:.1f} MB | |",
+        f"| peak resident memory of the process (all runs) | {result['peak_rss_mb']:.0f} MB | |",
+        *[f"| GPU peak, {k} | {v / 2**20:.0f} MiB | |" for k, v in gpu_peak.items()],
     ]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

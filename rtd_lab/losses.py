@@ -120,10 +120,11 @@ def sparse_log_probs(
     s = student_logits.float() / temperature
     top_s = s.gather(-1, indices)  # (N, k)
     top_t = values.float() / temperature
-    if tail == "renormalize":
-        return F.log_softmax(top_s, dim=-1), F.log_softmax(top_t, dim=-1)
-    if tail != "bucket":
+    if tail not in ("bucket", "renormalize"):
         raise ValueError(f"teacher_cache.tail must be bucket or renormalize, got {tail!r}")
+    # k = V: there is no tail, and its float rounding (1 - a mass of 1 - 1e-7) would only add noise.
+    if tail == "renormalize" or indices.size(-1) >= s.size(-1):
+        return F.log_softmax(top_s, dim=-1), F.log_softmax(top_t, dim=-1)
     lse_s = torch.logsumexp(s, dim=-1, keepdim=True)  # (N, 1)
     rest_s = torch.logsumexp(s.scatter(-1, indices, float("-inf")), dim=-1, keepdim=True) - lse_s
     log_top_t = top_t - lse.float().unsqueeze(-1)  # exact teacher log-probs of its top-k

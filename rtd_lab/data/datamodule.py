@@ -119,6 +119,7 @@ class Collator:
                 "teacher_topk_indices": c["indices"],
                 "teacher_lse": c["lse"],
                 "teacher_boundary_hidden": c["boundary"],
+                "teacher_cache_tail": self.teacher_cache.tail,  # how the loss treats the top-k's tail
                 **{f"teacher_{name}": h for name, h in c["hints"].items()},
             }
         return {

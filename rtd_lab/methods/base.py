@@ -107,15 +107,17 @@ class ReasoningModule(L.LightningModule):
         """The teacher's outputs on a batch: read from the offline cache when the batch carries them
         (training batches, ``rtd_lab.teacher_cache``), else a forward pass of the frozen teacher."""
         if "teacher_topk_indices" in batch:
-            cache = self.trainer.datamodule.teacher_cache
             logits = SparseLogits(
-                batch["teacher_topk_values"], batch["teacher_topk_indices"], batch["teacher_lse"], cache.tail
+                batch["teacher_topk_values"],
+                batch["teacher_topk_indices"],
+                batch["teacher_lse"],
+                batch["teacher_cache_tail"],
             )
             layers = None
             if hidden_layers:
                 missing = [i for i in hidden_layers if f"teacher_hint_{i}" not in batch]
                 if missing:
-                    raise RuntimeError(f"the teacher cache {cache.path} holds no hidden states of layers {missing}")
+                    raise RuntimeError(f"the teacher cache holds no hidden states of layers {missing}")
                 layers = tuple(batch[f"teacher_hint_{i}"] for i in hidden_layers)
             return TeacherOutput(logits, batch["teacher_boundary_hidden"] if boundaries else None, layers)
         return self.teacher(
