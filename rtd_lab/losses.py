@@ -82,8 +82,13 @@ def kd_loss(
     s = student_logits[mask].float()  # (N, V)
     log_p_s = F.log_softmax(s / temperature, dim=-1)
     log_p_t = F.log_softmax(teacher_logits[mask].float() / temperature, dim=-1)
+    return _kd_terms(log_p_s, log_p_t, s, labels[mask], n, alpha, temperature, divergence, beta)
+
+
+def _kd_terms(log_p_s, log_p_t, s, target, n, alpha, temperature, divergence, beta) -> KDLoss:
+    """The weighted sum shared by dense and sparse KD, from the supervised positions' (N, ·) tensors."""
     div = token_divergence(log_p_s, log_p_t, divergence, beta).sum() / n
-    ce = F.cross_entropy(s, labels[mask], reduction="sum") / n
+    ce = F.cross_entropy(s, target, reduction="sum") / n
     return KDLoss(alpha * temperature**2 * div + (1 - alpha) * ce, div, ce)
 
 
@@ -160,9 +165,7 @@ def sparse_kd_loss(
     n = _count(mask.sum(), count_fn)
     s = student_logits[mask].float()
     log_p_s, log_p_t = sparse_log_probs(s, values[mask], indices[mask], lse[mask], temperature, tail)
-    div = token_divergence(log_p_s, log_p_t, divergence, beta).sum() / n
-    ce = F.cross_entropy(s, labels[mask], reduction="sum") / n
-    return KDLoss(alpha * temperature**2 * div + (1 - alpha) * ce, div, ce)
+    return _kd_terms(log_p_s, log_p_t, s, labels[mask], n, alpha, temperature, divergence, beta)
 
 
 def _count(local: torch.Tensor, count_fn=None) -> torch.Tensor:
