@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +12,7 @@ from omegaconf import OmegaConf
 
 from rtd_lab.train import train
 from rtd_lab.utils import flatten
+from tests.cli import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 FILES = {p.stem: yaml.safe_load(p.read_text()) or {} for p in sorted((ROOT / "conf" / "experiment").glob("*.yaml"))}
@@ -70,10 +69,7 @@ def test_ablations_differ_from_rtd_only_in_what_they_remove(make_cfg, name):
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "RTD_LAB_CACHE": str(cwd / "cache")}
-    return subprocess.run(
-        [sys.executable, "-m", "rtd_lab", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900
-    )
+    return run_cli(*args, cwd=cwd, tiny=False, timeout=900)
 
 
 # The RFT table samples from real (tiny) teachers: one that learned the trace format, few questions.

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +16,7 @@ import rtd_lab.train as train_mod
 from rtd_lab.data.synthetic import SyntheticBenchmark
 from rtd_lab.data.tokenizer import build_synthetic_tokenizer
 from rtd_lab.train import train
+from tests.cli import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -151,10 +150,7 @@ def test_unknown_experiment_lists_the_known_ones(make_cfg):
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "RTD_LAB_CACHE": str(cwd / "cache")}
-    return subprocess.run(
-        [sys.executable, "-m", "rtd_lab", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
-    )
+    return run_cli(*args, cwd=cwd, tiny=False, timeout=600)
 
 
 def test_cli_multirun_over_experiments(tmp_path):

@@ -265,12 +265,12 @@ class ReasoningDataModule(L.LightningDataModule):
     def transfer_batch_to_device(self, batch: dict, device: torch.device, dataloader_idx: int) -> dict:
         return move_batch(batch, device)
 
-    def _loader(self, split: str, shuffle: bool, batch_size: int) -> DataLoader:
+    def _eval_loader(self, split: str) -> DataLoader:
+        """Validation or test batches, in order (training batches come from rtd_lab.data.samplers)."""
         self.setup()
         return DataLoader(
             self.encoded[split],
-            batch_size=batch_size,
-            shuffle=shuffle,
+            batch_size=self.eval_batch_size,
             collate_fn=Collator(self.tokenizer.pad_token_id),
             num_workers=self.num_workers,
             drop_last=False,
@@ -331,7 +331,7 @@ class ReasoningDataModule(L.LightningDataModule):
         )
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", False, self.eval_batch_size)
+        return self._eval_loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", False, self.eval_batch_size)
+        return self._eval_loader("test")
