@@ -165,6 +165,7 @@ class ReasoningDataModule(L.LightningDataModule):
         trace_source: str = "gold",
         boundaries: str = "gold",
         max_train_examples: int | None = None,
+        shuffle_from_global_rng: bool = False,
     ):
         super().__init__()
         if batch_size < 1:
@@ -201,6 +202,9 @@ class ReasoningDataModule(L.LightningDataModule):
         # examples, drawn with a fixed seed (not the run's), so every run of a sweep sees the same one.
         self.max_train_examples = max_train_examples
         self.seed = seed
+        # Draw each epoch's shuffle from the global RNG (DataLoader(shuffle=True)) instead of seed + epoch.
+        # Only the from-scratch teacher does (train.train_teacher): not resumable, not for DDP.
+        self.shuffle_from_global_rng = shuffle_from_global_rng
         self.tokenizer = None
         self.encoded: dict[str, list[Encoded]] = {}
         # Set by the depth curriculum (rtd_lab.curriculum): train on chains of depth <= this.
@@ -321,7 +325,8 @@ class ReasoningDataModule(L.LightningDataModule):
             lengths = [len(x.input_ids) for x in train]
             sampler = LengthBucketBatchSampler(lengths, self.batch_size, seed=self.seed, rank=rank, world_size=world)
         else:
-            sampler = ShuffledBatchSampler(len(train), self.batch_size, self.seed, rank=rank, world_size=world)
+            seed = None if self.shuffle_from_global_rng else self.seed
+            sampler = ShuffledBatchSampler(len(train), self.batch_size, seed, rank=rank, world_size=world)
         return ResumableLoader(
             train,
             batch_sampler=sampler,

@@ -111,12 +111,15 @@ class ShuffledBatchSampler(ResumableBatchSampler):
     issue 6 (commit 8af7292 and earlier) shuffled that way; their per-seed numbers differ from today's.
     """
 
-    def __init__(self, n: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1):
+    def __init__(self, n: int, batch_size: int, seed: int | None = 0, rank: int = 0, world_size: int = 1):
         super().__init__(batch_size, seed, rank, world_size)
         self.n = n
 
     def _start_epoch(self, epoch: int) -> dict:
-        order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + epoch)).tolist()
+        # seed None: the epoch's seed is drawn from the global RNG, exactly as DataLoader(shuffle=True)
+        # does; only the from-scratch teacher trains that way (see train.train_teacher).
+        seed = int(torch.empty((), dtype=torch.int64).random_().item()) if self.seed is None else self.seed + epoch
+        order = torch.randperm(self.n, generator=torch.Generator().manual_seed(seed)).tolist()
         return {"order": order, "pos": 0}
 
     def _next(self, cursor: dict) -> list[int] | None:
