@@ -8,7 +8,12 @@ thing: the method's LightningModule under a Lightning Trainer configured as ``co
 (gradient clipping 1.0, logging every 25 steps, no validation, no checkpoints). "hand-written" is
 a plain PyTorch loop doing the same math on the same batches: student and teacher forward, the
 same ``LogitKD`` (shift + ``kd_loss``), backward, clipping, AdamW, the warm-up + cosine schedule. Each timing is a whole
-``--steps``-step run (Trainer start-up included), repeated ``--reps`` times; medians are reported.
+``--steps``-step run (Trainer start-up included), repeated ``--reps`` times with the contenders' order
+reversed every other repetition; medians are reported. "Steady" is the median duration of one step
+after the first 20 (start-up and first-step costs excluded; a median, so that a burst of load from
+elsewhere on the machine does not decide it). The process's allocator is set as ``python -m rtd_lab``
+sets it (``--allocator retain``: ``rtd_lab.utils.retain_freed_memory``), for every contender alike;
+``--allocator default`` measures glibc's default instead.
 "Cached" contenders read the teacher's outputs from the offline cache (``task=cache``, built here
 if missing, with the default settings: top-16 logits in float16, ``tail=bucket``) on the same
 batches. Peak memory: the process's peak resident set after all runs (CPU; on a GPU also
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
 import os
 import resource
@@ -36,6 +42,7 @@ from torch.utils.data import DataLoader
 from rtd_lab.optim import warmup_cosine
 from rtd_lab.teacher_cache import CacheSpec, prepare_teacher_cache, teacher_identity
 from rtd_lab.train import prepare_student, prepare_teacher
+from rtd_lab.utils import retain_freed_memory
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -104,8 +111,8 @@ class StepClock(L.Callback):
 
 
 def steady(stamps: list[float]) -> float:
-    """Seconds per step from step WARM to the end of the run."""
-    return (stamps[-1] - stamps[WARM]) / (len(stamps) - 1 - WARM)
+    """The median seconds of one step, over the steps after the first WARM."""
+    return statistics.median(b - a for a, b in itertools.pairwise(stamps[WARM:]))
 
 
 def lightning_run(module, batches, steps: int, stamps: list[float] | None = None) -> float:
@@ -123,8 +130,9 @@ def lightning_run(module, batches, steps: int, stamps: list[float] | None = None
         num_sanity_val_steps=0,
         callbacks=[StepClock(stamps if stamps is not None else [])],
     )
+    module = copy.deepcopy(module)  # a fresh student each run (the hand-written loop's copy is untimed too)
     start = time.perf_counter()
-    trainer.fit(copy.deepcopy(module), train_dataloaders=DataLoader(batches, batch_size=None))
+    trainer.fit(module, train_dataloaders=DataLoader(batches, batch_size=None))
     return time.perf_counter() - start
 
 
@@ -158,7 +166,9 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    p.add_argument("--allocator", choices=["retain", "default"], default="retain")
     args = p.parse_args()
+    allocator = args.allocator == "retain" and retain_freed_memory()
     cache = os.environ.get("RTD_LAB_CACHE", str(ROOT / ".cache" / "rtd_lab"))
     cfg, dm, kd_module = build("standard_kd", cache)
     _, _, rtd_module = build("rtd", cache)
@@ -180,8 +190,9 @@ def main() -> None:
     steady_runs: dict[str, list[float]] = {k: [] for k in contenders}
     gpu_peak: dict[str, int] = {}
     lightning_run(kd_module, batches, 5)  # warm-up: allocator, kernels, Lightning imports
-    for _ in range(args.reps):  # interleaved, so drift in machine load hits all contenders alike
-        for name, run in contenders.items():
+    for rep in range(args.reps):  # interleaved, so drift in machine load hits all contenders alike
+        for name in list(contenders)[:: 1 if rep % 2 == 0 else -1]:
+            run = contenders[name]
             if torch.cuda.is_available():
                 torch.cuda.reset_peak_memory_stats()
             stamps: list[float] = []
@@ -204,13 +215,15 @@ def main() -> None:
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "gpu_peak_bytes": gpu_peak or None,
         "runs_seconds": runs,
-        "settings": vars(args) | {"batch_size": cfg.data.batch_size, "threads": torch.get_num_threads()},
+        "settings": vars(args)
+        | {"batch_size": cfg.data.batch_size, "threads": torch.get_num_threads(), "freed_memory_retained": allocator},
     }
     lines = [
         f"Training-step time, default models, batch {cfg.data.batch_size}, CPU ({os.cpu_count()} cores), "
-        f"{args.steps}-step runs incl. start-up, median of {args.reps}",
+        f"{args.steps}-step runs incl. start-up, median of {args.reps}, allocator: "
+        + ("freed memory retained (rtd_lab's default)" if allocator else "glibc default"),
         "",
-        "| contender | ms / step, whole run | ms / step, steady (after step 20) |",
+        "| contender | ms / step, whole run | ms / step, steady (median step after step 20) |",
         "|---|---|---|",
         *[f"| {k} | {1000 * v:.1f} | {1000 * st[k]:.1f} |" for k, v in result["seconds_per_step"].items()],
         "",

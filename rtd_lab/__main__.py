@@ -19,6 +19,10 @@ TASKS = ("train", "sample", "filter", "segment", "cache", "report")
 def run(cfg: DictConfig) -> dict:
     if cfg.task not in TASKS:
         raise ValueError(f"task={cfg.task!r} is not one of {list(TASKS)}")
+    if cfg.retain_freed_memory:
+        from rtd_lab.utils import retain_freed_memory
+
+        retain_freed_memory()
     # heavy imports after Hydra has parsed the command line
     if cfg.task == "sample":
         from rtd_lab.traces.sample import run_sample

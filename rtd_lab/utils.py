@@ -1,10 +1,12 @@
-"""Small helpers: config hashing, atomic writes, flattening for loggers."""
+"""Small helpers: config hashing, atomic writes, flattening for loggers, the CPU allocator setting."""
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import os
+import platform
 import shutil
 import tempfile
 import time
@@ -72,3 +74,35 @@ def build_once(path: Path, marker: str, build) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+# glibc mallopt(3) parameters (malloc.h)
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+
+
+def retain_freed_memory() -> bool:
+    """Have glibc's malloc keep freed memory for reuse instead of handing it back to the kernel.
+
+    A CPU training step allocates and frees the same activation buffers every step. By default glibc
+    serves large blocks with fresh ``mmap`` pages (above M_MMAP_THRESHOLD: 128 KiB, adapted
+    upwards as blocks are freed) and returns free memory at the heap's top (above M_TRIM_THRESHOLD),
+    so every step faults its memory back in, page by page, in the kernel. Measured on the default
+    models (benchmarks/step_time.py, README "Speed"): a fifth of the process's CPU time was that
+    kernel time, steps took about 30 % less time with this setting, and Lightning's loop, which frees in
+    another order than a plain loop, had faulted 30-60 % more than the plain loop. This is what the
+    ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` environment variables do, set from inside
+    the process (they must be set before it starts). Blocks up to 32 MiB (glibc's maximum threshold)
+    come from the heap, and up to 1 GiB of free heap is kept; the cost is a resident size that stays
+    at its peak. GPU memory is not affected.
+
+    Returns whether the setting took effect (False, and nothing changed, off Linux/glibc).
+    """
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    # mallopt returns 1 on success, 0 on error
+    return bool(mallopt(M_MMAP_THRESHOLD, 32 * 2**20)) and bool(mallopt(M_TRIM_THRESHOLD, 2**30))

@@ -15,8 +15,9 @@ from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausa
 import rtd_lab.train as train_mod
 from rtd_lab.data.synthetic import SyntheticBenchmark
 from rtd_lab.data.tokenizer import build_synthetic_tokenizer
+from rtd_lab.methods.base import ReasoningModule
 from rtd_lab.train import train
-from tests.cli import run_cli
+from tests.cli import logged, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -213,3 +214,26 @@ def test_fitnets_experiment_trains_and_logs_its_hint(make_cfg):
     assert results["method"] == "fitnets"
     header = (Path(cfg.paths.output_dir) / "csv" / "metrics.csv").read_text().splitlines()[0]
     assert "train/loss_hint" in header and "train/loss_kd" in header
+
+
+def test_training_values_are_logged_only_on_the_steps_lightning_writes(make_cfg, monkeypatch):
+    """model_step skips self.log between log_every_n_steps; the loggers get the very same numbers."""
+    calls: list[str] = []
+    log = ReasoningModule.log
+    monkeypatch.setattr(ReasoningModule, "log", lambda self, key, *a, **k: calls.append(key) or log(self, key, *a, **k))
+    every = make_cfg("+experiment=standard_kd", "trainer.max_steps=7", "diagnostics.enabled=false")
+    train(every)
+    assert calls.count("train/loss") == 7
+    sparse = make_cfg(
+        "+experiment=standard_kd", "trainer.max_steps=7", "diagnostics.enabled=false", "trainer.log_every_n_steps=3"
+    )
+    calls.clear()
+    train(sparse)
+    assert calls.count("train/loss") == 2  # the calls themselves are skipped, not just their output
+    all_steps = logged(Path(every.paths.output_dir), "train/loss")
+    written = logged(Path(sparse.paths.output_dir), "train/loss")
+    assert sorted(all_steps) == list(range(7)) and sorted(written) == [2, 5]
+    assert written == {s: all_steps[s] for s in (2, 5)}
+    for key in ("train/loss_kd", "train/loss_ce"):
+        assert sorted(logged(Path(sparse.paths.output_dir), key)) == [2, 5]
+    assert logged(Path(sparse.paths.output_dir), "val/loss")  # validation still logs every batch

@@ -128,8 +128,26 @@ class ReasoningModule(L.LightningModule):
         """What the offline teacher cache must hold for this method (``rtd_lab.teacher_cache.CacheSpec``)."""
         return {"temperature": getattr(getattr(self, "kd", None), "temperature", 1.0), "hint_layers": ()}
 
+    def logs_this_step(self, stage: str) -> bool:
+        """Whether Lightning writes this step's logged values (training: every log_every_n_steps).
+
+        A training value logged on any other step only overwrites the last one, yet each
+        ``self.log`` costs a result-collection update, and with ``sync_dist`` an all-reduce under DDP;
+        logging only on the steps Lightning writes gives the loggers the same numbers without them.
+        (The progress bar's loss is then refreshed at the same interval.)
+        """
+        trainer = self._trainer
+        if stage != "train" or trainer is None:
+            return True
+        # Lightning's own test (the step count + 1 it checks after the step, before counting it);
+        # private, so it falls back to logging every step.
+        connector = getattr(trainer, "_logger_connector", None)
+        return bool(getattr(connector, "should_update_logs", True) or trainer.fast_dev_run)
+
     def model_step(self, batch: dict, stage: str) -> torch.Tensor:
         losses = self.compute_losses(batch)
+        if not self.logs_this_step(stage):
+            return losses["loss"]
         bs = batch["input_ids"].size(0)
         for name, value in losses.items():
             if name == "loss":
