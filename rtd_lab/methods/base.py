@@ -139,8 +139,8 @@ class ReasoningModule(L.LightningModule):
         trainer = self._trainer
         if stage != "train" or trainer is None:
             return True
-        # Lightning's own test (the step count + 1 it checks after the step, before counting it);
-        # private, so it falls back to logging every step.
+        # Lightning's own test, which it makes after the step but before counting it, so it gives the
+        # same answer here; private API, hence the fallback to logging every step.
         connector = getattr(trainer, "_logger_connector", None)
         return bool(getattr(connector, "should_update_logs", True) or trainer.fast_dev_run)
 
