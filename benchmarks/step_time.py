@@ -199,7 +199,7 @@ def proc_status_kb(field: str) -> int:
 
 
 def peak_of(args) -> None:
-    """Child process of ``--memory``: one contender's peak resident memory above what setup left.
+    """The child process of measure_memory: one contender's peak resident memory above what setup left.
 
     Linux only: the peak (VmHWM) is reset to the current resident set just before training
     (``/proc/self/clear_refs``), so the set-up's own peak (building, cache verification) is not counted.
