@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 
-TASKS = ("train", "sample", "filter", "segment", "cache", "report")
+TASKS = ("train", "teacher", "sample", "filter", "segment", "cache", "report")
 
 
 def run(cfg: DictConfig) -> dict:
@@ -40,6 +40,10 @@ def run(cfg: DictConfig) -> dict:
         from rtd_lab.train import run_cache
 
         return run_cache(cfg)
+    if cfg.task == "teacher":
+        from rtd_lab.train import run_teacher
+
+        return run_teacher(cfg)
     if cfg.task == "segment":
         from rtd_lab.traces.segment import run_segment
 

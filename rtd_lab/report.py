@@ -1,22 +1,29 @@
-"""``task=report``: a sweep's finished runs → the paper-shaped table, statistics and plots.
+"""``task=report``: a sweep's finished runs → the paper-shaped table, statistics over seeds and plots.
 
     python -m rtd_lab task=report report.sweep_dir=multirun/2026-11-24/22-00-29
+    python -m rtd_lab task=report 'report.sweep_dir=[multirun/a,multirun/b]'   # seeds from two sweeps
 
-Reads every job of the sweep (``results.json`` and ``predictions_student.jsonl``), and writes into
-the sweep directory (``report.out_dir`` to change it):
+Reads every job of the sweep(s) (``results.json`` and ``predictions_student.jsonl``) and writes into
+the (first) sweep directory (``report.out_dir`` to change it):
 
-- ``report.md`` / ``report.json``: chain accuracy by depth for each run (mean ± 95 % CI over seeds,
-  Student-t), the change against the baseline (``report.baseline``, standard KD) and a **paired
-  bootstrap p-value** over test questions (per question, chain correctness averaged over seeds;
-  questions resampled ``report.n_bootstrap`` times; two-sided, H0: no difference); the diagnostics
-  (CKA by step, transition AUROC, step/chain gap, self-consistency, int8 and how much of each
-  method's gain over the baseline survives it); and every **missing or failed** job, by name;
+- ``report.md`` / ``report.json``. Runs are grouped into **arms** by their whole config minus the
+  seed (and what only names or places a run), so two settings of one method in one sweep are two
+  arms, labelled with what differs (``rtd[method.w_align=0.1]``). For every arm and metric: the
+  per-seed values (``chain_acc[<arm>][<metric>]["per_seed"]``, aligned with
+  ``chain_acc[<arm>]["seeds"]``), mean, SD and 95 % Student-t CI. Against the baseline arm
+  (``report.baseline``): Δ of means with its 95 % CI, a t-test over seeds (paired by seed when both
+  arms ran the same seeds — a blocked design: the seed fixes the student's base checkpoint, its
+  initialisation and batch order — else Welch's), the exact permutation test of the same design
+  when each arm has <= 8 seeds, the smallest p that permutation test could reach at that n, and the
+  minimum detectable effect at 80 % power (``rtd_lab.stats``). A bootstrap over test questions is
+  given only as test-set uncertainty, labelled so: it is not evidence that two methods differ.
+  Arms with fewer than 5 seeds are flagged as pilots. Diagnostics: CKA by step, transition AUROC,
+  step/chain gap, self-consistency, int8 and how much of each method's gain survives it;
 - ``chain_acc_by_depth.png``, ``cka_by_step.png``, ``chain_acc_bars.png``;
-- the same tables and images as one W&B run (group = the sweep's group, job_type = report),
-  offline unless W&B is configured otherwise, so a dashboard shows them next to the runs.
+- the same tables and images as one W&B run (group = the sweep's group, job_type = report).
 
-A job that started but wrote no ``results.json`` (killed, crashed) and a job the sweep defines but
-never started are both listed as missing; nothing is silently left out.
+A job that started but wrote no readable ``results.json`` (killed, crashed, truncated) and a job
+the sweep defines but never started are both listed as missing; nothing is silently left out.
 """
 
 from __future__ import annotations
@@ -27,50 +34,23 @@ import logging
 import math
 from collections import defaultdict
 from pathlib import Path
-from statistics import mean, stdev
+from statistics import mean
 
 import numpy as np
 import yaml
 
-from rtd_lab.utils import atomic_write_json, atomic_write_text
+from rtd_lab.stats import compare, mean_ci, question_bootstrap_ci
+from rtd_lab.utils import atomic_write_json, atomic_write_text, flatten
 
 log = logging.getLogger(__name__)
-
-
-# ---- statistics ---------------------------------------------------------------------------------
-def mean_ci(values: list[float], level: float = 0.95) -> tuple[float, float]:
-    """(mean, half-width of the Student-t confidence interval); half-width nan for one value."""
-    from scipy import stats
-
-    m = mean(values)
-    if len(values) < 2:
-        return m, float("nan")
-    return m, float(stats.t.ppf(0.5 + level / 2, len(values) - 1)) * stdev(values) / math.sqrt(len(values))
-
-
-def paired_bootstrap(a: np.ndarray, b: np.ndarray, n: int = 10_000, seed: int = 0) -> dict[str, float]:
-    """Two runs' per-question scores, a (seeds_a, Q) and b (seeds_b, Q), over the same Q questions.
-
-    ``p_questions``: the paired bootstrap over questions (Koehn 2004; Berg-Kirkpatrick et al. 2012):
-    each question's score averaged over seeds, the paired differences resampled with replacement;
-    p = share of resampled means at least as far from the observed mean as it is from 0 (the
-    bootstrap distribution shifted to H0), two-sided. It asks whether *these trained students*
-    differ on other questions like these. ``p_questions_and_seeds`` also resamples each run's seeds
-    in every round, so it asks whether *the methods* differ — what matters when students are
-    bimodal across seeds, as ours are.
-    """
-    a, b = np.atleast_2d(np.asarray(a, dtype=float)), np.atleast_2d(np.asarray(b, dtype=float))
-    d = a.mean(0) - b.mean(0)
-    observed = float(d.mean())
-    rng = np.random.default_rng(seed)
-    q = rng.integers(0, d.size, size=(n, d.size))
-    p_q = float(np.mean(np.abs(d[q].mean(axis=1) - observed) >= abs(observed) - 1e-12))
-    means = np.empty(n)
-    for i in range(n):
-        sa, sb = rng.integers(0, len(a), len(a)), rng.integers(0, len(b), len(b))
-        means[i] = (a[sa].mean(0) - b[sb].mean(0))[q[i]].mean()
-    p_qs = float(np.mean(np.abs(means - observed) >= abs(observed) - 1e-12))
-    return {"delta": observed, "p_questions": p_q, "p_questions_and_seeds": p_qs}
+PILOT_SEEDS = 5  # fewer seeds per arm than this is a pilot
+# Config entries that name, place or display a run, or that cannot change what it learns: runs that
+# differ only in these (and the seed) are seeds of one arm.
+NOT_ARM_KEYS = {
+    "seed", "run_name", "group", "tags", "task", "ckpt_path", "retain_freed_memory", "trainer.default_root_dir",
+    "trainer.enable_progress_bar", "teacher_cache.verify", "sample.out_dir",
+}  # fmt: skip
+NOT_ARM_PREFIX = ("paths.", "logger.", "callbacks.", "hydra.", "report.", "diagnostics.")
 
 
 # ---- reading a sweep ----------------------------------------------------------------------------
@@ -94,30 +74,51 @@ def expected_jobs(sweep_dir: Path) -> list[dict[str, str]] | None:
     return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*(params[k].split(",") for k in keys))]
 
 
-def read_sweep(sweep_dir: Path) -> tuple[list[dict], list[str]]:
-    """(finished runs with their per-question predictions, names of missing/failed jobs)."""
-    runs, missing, seen = [], [], []
-    for job in sorted((p for p in sweep_dir.iterdir() if p.is_dir() and (p / ".hydra").exists()), key=_job_order):
-        overrides = _overrides(job)
-        seen.append(overrides)
-        results = job / "results.json"
-        if not results.exists():
-            missing.append(f"{job.name}: started, no results.json (killed or failed; see {job.name}/*.log)")
-            continue
+def _read_job(job: Path, runs: list[dict], missing: list[str]) -> None:
+    results = job / "results.json"
+    if not results.exists():
+        missing.append(f"{job}: started, no results.json (killed or failed; see its *.log)")
+        return
+    try:
         r = json.loads(results.read_text())
-        preds = job / "predictions_student.jsonl"
+        r["student"]["metrics"]["chain_acc"]
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:  # truncated, corrupt, or not ours
+        missing.append(f"{job}: results.json unreadable ({type(e).__name__}: {e}), skipped")
+        return
+    preds = job / "predictions_student.jsonl"
+    try:
         r["_questions"] = (
             {x["uid"]: float(x["chain_correct"]) for x in map(json.loads, preds.read_text().splitlines())}
             if preds.exists()
             else {}
         )
-        runs.append(r)
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        log.warning("report: %s is unreadable; no test-set interval for this run", preds)
+        r["_questions"] = {}
+    r["_dir"] = str(job)
+    runs.append(r)
+
+
+def read_sweep(sweep_dir: Path) -> tuple[list[dict], list[str]]:
+    """(finished runs with their per-question predictions, names of missing/failed/unreadable jobs).
+
+    ``sweep_dir`` is a multirun folder (its job folders hold ``.hydra/``) or a single run's folder.
+    """
+    runs: list[dict] = []
+    missing: list[str] = []
+    if (sweep_dir / "results.json").exists() or (sweep_dir / ".hydra").exists():
+        _read_job(sweep_dir, runs, missing)
+        return runs, missing
+    seen = []
+    for job in sorted((p for p in sweep_dir.iterdir() if p.is_dir() and (p / ".hydra").exists()), key=_job_order):
+        seen.append(_overrides(job))
+        _read_job(job, runs, missing)
     expected = expected_jobs(sweep_dir)
     if expected:
         for combo in expected:
             wanted = {f"{k}={v}" for k, v in combo.items()}
             if not any(wanted <= set(o) for o in seen):
-                missing.append("never started: " + " ".join(sorted(wanted)))
+                missing.append(f"{sweep_dir}: never started: " + " ".join(sorted(wanted)))
     return runs, missing
 
 
@@ -126,49 +127,143 @@ def _job_order(job: Path) -> tuple:
     return (int(head), job.name) if head.isdigit() else (1 << 30, job.name)
 
 
+# ---- arms ---------------------------------------------------------------------------------------
+def _arm_config(run: dict) -> dict:
+    """A run's flattened config without what only names, places or displays it, and without its seed
+    (entries that equal the run's seed, such as ``data.seed: ${seed}``, are the seed too)."""
+    flat = flatten(run.get("config") or {})
+    seed = run.get("seed")
+    return {
+        k: v
+        for k, v in flat.items()
+        if k not in NOT_ARM_KEYS and not k.startswith(NOT_ARM_PREFIX) and not (k.endswith(".seed") and v == seed)
+    }
+
+
+def group_arms(runs: list[dict]) -> dict[str, list[dict]]:
+    """Runs grouped by their config minus the seed; each arm labelled by its run name, plus the config
+    entries that set it apart from the other arms of the same run name (``rtd[method.w_align=0.1]``)."""
+    groups: dict[str, list[dict]] = {}
+    configs: dict[str, dict] = {}
+    for r in runs:
+        cfg = _arm_config(r)
+        key = json.dumps([r.get("run", r["method"]), cfg], sort_keys=True, default=str)
+        groups.setdefault(key, []).append(r)
+        configs[key] = cfg
+    by_name: dict[str, list[str]] = defaultdict(list)
+    for key, rs in groups.items():
+        by_name[rs[0].get("run", rs[0]["method"])].append(key)
+    arms: dict[str, list[dict]] = {}
+    for name, keys in by_name.items():
+        union = set().union(*(configs[key] for key in keys))
+        first = configs[keys[0]]
+        differing = sorted(k for k in union if any(configs[key].get(k, k) != first.get(k, k) for key in keys))
+        for key in keys:
+            label = name
+            if len(keys) > 1:
+                label += "[" + ", ".join(f"{k}={configs[key].get(k)}" for k in differing) + "]"
+            arms[label] = sorted(groups[key], key=lambda r: r["seed"])
+    return arms
+
+
+def _with_deep(metrics: dict[str, float], depths: list[int]) -> dict[str, float]:
+    """``metrics`` plus the paper's "four steps and above" aggregate, where the depths straddle 4."""
+    m = dict(metrics)
+    deep = [m[f"chain_acc/depth_{d}"] for d in depths if d >= 4 and f"chain_acc/depth_{d}" in m]
+    if deep and min(depths) < 4:
+        m["chain_acc/depth_4+"] = float(np.mean(deep))  # equal test questions per depth
+    return m
+
+
+def _metrics(run: dict, depths: list[int]) -> dict[str, float]:
+    """The student metrics a report compares: chain accuracy by depth, depth >= 4, val AULC."""
+    m = _with_deep(run["student"]["metrics"], depths)
+    curve = run["student"].get("learning_curve")
+    if curve and curve.get("aulc") is not None:
+        m["val_aulc"] = curve["aulc"]
+    return m
+
+
+def compared_metrics(depths: list[int]) -> list[str]:
+    keys = ["chain_acc"] + [f"chain_acc/depth_{d}" for d in depths]
+    return keys + (["chain_acc/depth_4+"] if max(depths) >= 4 and min(depths) < 4 else []) + ["val_aulc"]
+
+
 # ---- the report ---------------------------------------------------------------------------------
 def build_report(runs: list[dict], missing: list[str], baseline: str = "standard_kd", n_bootstrap: int = 10_000):
     """The report as a dict (tables as nested dicts) — written as JSON, rendered as markdown."""
     if not runs:
         raise ValueError("report: no finished run (no results.json) in the sweep; missing: " + "; ".join(missing))
     depths = runs[0]["depths"]
-    by_run: dict[str, list[dict]] = defaultdict(list)
-    for r in runs:
-        by_run[r.get("run", r["method"])].append(r)
-    keys = [f"chain_acc/depth_{d}" for d in depths] + ["chain_acc"]
-    table = {}
-    for name, rs in by_run.items():
-        table[name] = {"seeds": sorted(r["seed"] for r in rs)}
-        for k in keys:
-            m, h = mean_ci([r["student"]["metrics"].get(k, float("nan")) for r in rs])
-            table[name][k] = {"mean": m, "ci95": h}
-    teacher = {k: mean(r["teacher"]["metrics"].get(k, float("nan")) for r in runs) for k in keys}
+    arms = group_arms(runs)
+    keys = compared_metrics(depths)
+    table, values = {}, {}
+    for name, rs in arms.items():
+        seeds = [r["seed"] for r in rs]
+        row: dict = {"run": rs[0].get("run", rs[0]["method"]), "method": rs[0]["method"], "seeds": seeds, "n": len(rs)}
+        row["dirs"] = [r.get("_dir") for r in rs]
+        values[name] = {}
+        for k in keys + ["answer_acc", "step_acc"]:
+            per_seed = [_metrics(r, depths).get(k) for r in rs]
+            if any(v is None for v in per_seed):
+                continue
+            m, h = mean_ci(per_seed)
+            sd = float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else float("nan")
+            row[k] = {"mean": m, "ci95": h, "sd": sd, "per_seed": per_seed}
+            values[name][k] = dict(zip(seeds, per_seed, strict=True))
+        table[name] = row
+    dup = [n for n, row in table.items() if len(row["seeds"]) != len(set(row["seeds"]))]
+    if dup:
+        raise ValueError(f"report: arms {dup} hold two runs of one seed with one config (the same sweep read twice?)")
+    teacher = {
+        k: mean(r["teacher"]["metrics"].get(k, float("nan")) for r in runs) for k in keys if k.startswith("chain")
+    }
+    warnings = [
+        f"{name}: {row['n']} seed{'s' if row['n'] != 1 else ''} — a pilot (fewer than {PILOT_SEEDS} seeds per arm)"
+        for name, row in table.items()
+        if row["n"] < PILOT_SEEDS
+    ]
+    base = _baseline_arm(arms, baseline)
     comparison = {}
-    if baseline in by_run:
-        for name, rs in by_run.items():
-            if name == baseline:
+    if base is not None:
+        for name, rs in arms.items():
+            if name == base:
                 continue
-            common = sorted(set.intersection(*(set(r["_questions"]) for r in rs + by_run[baseline])))
-            if not common:
-                comparison[name] = {"delta": float("nan"), "questions": 0}
-                continue
-            a = [[r["_questions"][u] for u in common] for r in rs]
-            b = [[r["_questions"][u] for u in common] for r in by_run[baseline]]
-            comparison[name] = {**paired_bootstrap(a, b, n_bootstrap), "questions": len(common)}
+            comparison[name] = {}
+            for k in keys:
+                if k not in values[name] or k not in values[base]:
+                    continue
+                c = compare(values[name][k], values[base][k])
+                comparison[name][k] = c.asdict() if c else None
+            common = sorted(set.intersection(*(set(r["_questions"]) for r in rs + arms[base])))
+            if common:
+                a = [[r["_questions"][u] for u in common] for r in rs]
+                b = [[r["_questions"][u] for u in common] for r in arms[base]]
+                comparison[name]["test_set"] = question_bootstrap_ci(a, b, n_bootstrap)
     return {
         "depths": depths,
-        "baseline": baseline if baseline in by_run else None,
+        "baseline": base,
         "teacher": teacher,
         "chain_acc": table,
         "vs_baseline": comparison,
-        "diagnostics": _diagnostics(by_run, baseline),
+        "warnings": warnings,
+        "diagnostics": _diagnostics(arms, base),
         "missing": missing,
     }
 
 
-def _diagnostics(by_run: dict[str, list[dict]], baseline: str) -> dict:
+def _baseline_arm(arms: dict[str, list[dict]], baseline: str) -> str | None:
+    if baseline in arms:
+        return baseline
+    named = [a for a, rs in arms.items() if rs[0].get("run") == baseline or rs[0]["method"] == baseline]
+    if len(named) > 1:
+        raise ValueError(f"report.baseline={baseline} matches several arms {named}: name one of them")
+    return named[0] if named else None
+
+
+def _diagnostics(arms: dict[str, list[dict]], baseline: str | None) -> dict:
     out = {}
-    for name, rs in by_run.items():
+    for name, rs in arms.items():
         ds = [r["diagnostics"] for r in rs if r.get("diagnostics")]
         if not ds:
             continue
@@ -188,7 +283,7 @@ def _diagnostics(by_run: dict[str, list[dict]], baseline: str) -> dict:
         row["int8_chain_acc"] = mean(q8) if q8 else None
         row["fp32_chain_acc"] = mean(r["student"]["metrics"]["chain_acc"] for r in rs)
         out[name] = row
-    base = out.get(baseline)
+    base = out.get(baseline) if baseline else None
     for name, row in out.items():  # how much of a method's gain over the baseline survives int8
         row["int8_gain_kept"] = None
         if base and name != baseline and row["int8_chain_acc"] is not None and base["int8_chain_acc"] is not None:
@@ -202,41 +297,97 @@ def _fmt(x, digits: int = 3) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
 
+def _p(x) -> str:
+    return "–" if x is None else ("< 0.0001" if x < 1e-4 else f"{x:.4f}")
+
+
+METRIC_LABELS = {
+    "chain_acc": "chain acc, all depths",
+    "chain_acc/depth_4+": "chain acc, depth >= 4",
+    "val_aulc": "val AULC",
+}
+
+
 def report_markdown(rep: dict, sweep_dir: str) -> str:
-    names = list(rep["chain_acc"])
+    arms = rep["chain_acc"]
+    names = list(arms)
     depths = rep["depths"]
     lines = [f"# Report: {sweep_dir}", ""]
     if rep["missing"]:
-        lines += [f"**Missing or failed jobs ({len(rep['missing'])})** — not in any table below:", ""]
+        lines += [f"**Missing, failed or unreadable jobs ({len(rep['missing'])})** — not in any table below:", ""]
         lines += [f"- {m}" for m in rep["missing"]] + [""]
+    if rep["warnings"]:
+        lines += ["**Warnings:**", ""] + [f"- {w}" for w in rep["warnings"]] + [""]
     lines += [
-        "Chain accuracy by depth, mean ± 95 % CI over seeds (Student-t):",
+        "Chain accuracy by depth, mean ± 95 % CI over seeds (Student-t); n = seeds per arm:",
         "",
-        "| depth | teacher | " + " | ".join(f"{n} (n={len(rep['chain_acc'][n]['seeds'])})" for n in names) + " |",
+        "| depth | teacher | " + " | ".join(f"{n} (n={arms[n]['n']})" for n in names) + " |",
         "|---|---|" + "---|" * len(names),
     ]
-    for d, key in [(str(d), f"chain_acc/depth_{d}") for d in depths] + [("all", "chain_acc")]:
-        cells = [f"{_fmt(rep['chain_acc'][n][key]['mean'])} ± {_fmt(rep['chain_acc'][n][key]['ci95'])}" for n in names]
-        lines.append(f"| {d} | {_fmt(rep['teacher'][key])} | " + " | ".join(cells) + " |")
+    rows = [(str(d), f"chain_acc/depth_{d}") for d in depths] + [("all", "chain_acc")]
+    if "chain_acc/depth_4+" in rep["teacher"] or any("chain_acc/depth_4+" in arms[n] for n in names):
+        rows.append(("≥ 4", "chain_acc/depth_4+"))
+    for label, key in rows:
+        cells = [
+            f"{_fmt(arms[n][key]['mean'])} ± {_fmt(arms[n][key]['ci95'])}" if key in arms[n] else "–" for n in names
+        ]
+        lines.append(f"| {label} | {_fmt(rep['teacher'].get(key))} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Per seed (chain accuracy, all depths), SD over seeds, and the validation learning curve's area "
+        "(val AULC: mean validation chain accuracy over the checks of training — sample efficiency, not the "
+        "converged accuracy):",
+        "",
+        "| arm | seeds | per seed | mean | SD | val AULC |",
+        "|---|---|---|---|---|---|",
+    ]
+    for n in names:
+        ca = arms[n]["chain_acc"]
+        aulc = arms[n].get("val_aulc")
+        aulc_cell = f"{_fmt(aulc['mean'])} ± {_fmt(aulc['ci95'])}" if aulc else "–"
+        lines.append(
+            f"| {n} | {', '.join(map(str, arms[n]['seeds']))} | {' / '.join(_fmt(v) for v in ca['per_seed'])} | "
+            f"{_fmt(ca['mean'])} | {_fmt(ca['sd'])} | {aulc_cell} |"
+        )
     if rep["baseline"]:
         lines += [
             "",
-            f"Against {rep['baseline']} (chain accuracy, all depths; paired bootstrap over test questions, "
-            "each question's correctness averaged over seeds):",
+            f"Against **{rep['baseline']}**, over seeds: Δ = mean(arm) − mean(baseline) with its 95 % CI; the t-test "
+            "(paired by seed when both arms ran the same seeds — the seed fixes the student's base checkpoint, "
+            "initialisation and batch order — else Welch's); the exact permutation test of the same design "
+            "(its smallest attainable p at this n in brackets); the minimum detectable effect (MDE) at 80 % power "
+            "and α = 0.05 for the spread observed:",
             "",
-            "| run | Δ chain acc | p, questions resampled | p, questions and seeds resampled | questions |",
-            "|---|---|---|---|---|",
+            "| arm | metric | design | Δ [95 % CI] | p (t) | p (exact permutation) [min] | MDE | p (Welch) |",
+            "|---|---|---|---|---|---|---|---|",
         ]
-        for n, c in rep["vs_baseline"].items():
-            lines.append(
-                f"| {n} | {c['delta']:+.3f} | {_fmt(c.get('p_questions'), 4)} | "
-                f"{_fmt(c.get('p_questions_and_seeds'), 4)} | {c['questions']} |"
-            )
-        lines += [
-            "",
-            "The first p asks whether these trained students differ on questions like these; the second also "
-            "resamples seeds, so it asks whether the methods differ (see rtd_lab/report.py).",
-        ]
+        shown = ["chain_acc", "chain_acc/depth_4+", "val_aulc"]
+        for n, cs in rep["vs_baseline"].items():
+            for k in shown:
+                c = cs.get(k)
+                if not c:
+                    continue
+                perm = (
+                    f"{_p(c['p_permutation'])} [{_fmt(c['min_p_permutation'], 4)}]" if c["permutation_exact"] else "–"
+                )
+                lines.append(
+                    f"| {n} | {METRIC_LABELS.get(k, k)} | {c['design']} | {c['delta']:+.3f} "
+                    f"[{c['ci95'][0]:+.3f}, {c['ci95'][1]:+.3f}] | {_p(c['p_t'])} | {perm} | {_fmt(c['mde80'])} | "
+                    f"{_p(c['p_welch'])} |"
+                )
+        tests = {n: cs["test_set"] for n, cs in rep["vs_baseline"].items() if cs.get("test_set")}
+        if tests:
+            lines += [
+                "",
+                "Test-set uncertainty only (not a test of the methods): the 95 % bootstrap interval of Δ chain "
+                "accuracy over test questions, each question's correctness averaged over seeds — how far Δ could "
+                "move on another test set of this size for these trained students:",
+                "",
+                "| arm | Δ chain acc | 95 % interval over questions | questions |",
+                "|---|---|---|---|",
+            ]
+            for n, t in tests.items():
+                lines.append(f"| {n} | {t['delta']:+.3f} | [{t['ci'][0]:+.3f}, {t['ci'][1]:+.3f}] | {t['questions']} |")
     if rep["diagnostics"]:
         steps = sorted({s for row in rep["diagnostics"].values() for s in row["cka"]})
         lines += [
@@ -246,7 +397,7 @@ def report_markdown(rep: dict, sweep_dir: str) -> str:
             "AUROC; step − chain accuracy; self-consistency vs greedy answer accuracy; int8 chain accuracy and "
             "the share of the gain over the baseline that survives int8:",
             "",
-            "| run | "
+            "| arm | "
             + " | ".join(f"CKA step {s}" for s in steps)
             + " | AUROC | step−chain | SC answer acc | greedy answer acc | int8 chain acc | int8 gain kept |",
             "|---|" + "---|" * (len(steps) + 6),
@@ -337,26 +488,35 @@ def log_to_wandb(rep: dict, markdown: str, images: list[Path], group: str, out: 
 
 def run_report(cfg) -> dict:
     import hydra
+    from omegaconf import ListConfig
 
     r = cfg.report
     if not r.get("sweep_dir"):
         raise ValueError(
             "report.sweep_dir is not set: python -m rtd_lab task=report report.sweep_dir=multirun/<date>/<time>"
         )
-    sweep = Path(hydra.utils.to_absolute_path(r.sweep_dir))
-    if not sweep.is_dir():
-        raise FileNotFoundError(f"report.sweep_dir: {sweep} is not a directory")
-    out = Path(hydra.utils.to_absolute_path(r.out_dir)) if r.get("out_dir") else sweep
+    given = list(r.sweep_dir) if isinstance(r.sweep_dir, list | ListConfig) else [r.sweep_dir]
+    sweeps = [Path(hydra.utils.to_absolute_path(str(d))) for d in given]
+    for sweep in sweeps:
+        if not sweep.is_dir():
+            raise FileNotFoundError(f"report.sweep_dir: {sweep} is not a directory")
+    out = Path(hydra.utils.to_absolute_path(r.out_dir)) if r.get("out_dir") else sweeps[0]
     out.mkdir(parents=True, exist_ok=True)
-    runs, missing = read_sweep(sweep)
+    runs, missing = [], []
+    for sweep in sweeps:
+        found, lost = read_sweep(sweep)
+        runs += found
+        missing += lost
     rep = build_report(runs, missing, r.get("baseline", "standard_kd"), r.get("n_bootstrap", 10_000))
-    markdown = report_markdown(rep, str(r.sweep_dir))
+    markdown = report_markdown(rep, ", ".join(map(str, given)))
     images = plot_report(rep, out)
     atomic_write_json(out / "report.json", rep)
     atomic_write_text(out / "report.md", markdown)
     print(markdown)
     for m in missing:
         log.warning("report: missing job: %s", m)
+    for w in rep["warnings"]:
+        log.warning("report: %s", w)
     if r.get("wandb", True):
         group = runs[0]["config"].get("group", "default")
         rep["wandb_dir"] = log_to_wandb(rep, markdown, images, group, out)

@@ -26,10 +26,10 @@ from rtd_lab.data.datamodule import ReasoningDataModule
 from rtd_lab.data.tokenizer import same_tokenizer
 from rtd_lab.diagnostics import flat_diagnostics, run_diagnostics
 from rtd_lab.evaluation import Evaluator
-from rtd_lab.methods.cot_ft import CoTFineTune
+from rtd_lab.learning_curve import LearningCurve
 from rtd_lab.models.build import build_causal_lm, check_same_tokenizer, load_tokenizer
+from rtd_lab.models.pretrain import TraceTraining, train_on_traces
 from rtd_lab.models.teacher import Teacher
-from rtd_lab.optim import warmup_cosine
 from rtd_lab.summarize import depth_table
 from rtd_lab.teacher_cache import CacheSpec, TeacherCache, prepare_teacher_cache, teacher_identity
 from rtd_lab.traces.rft import rft_dataset
@@ -41,7 +41,9 @@ log = logging.getLogger(__name__)
 TEACHER_META = "rtd_teacher.json"
 # Part of every teacher's cache key: bump it when code that shapes a from-scratch teacher changes
 # (the benchmark generator, the tokenizer, the training loop), so no stale teacher is reused.
-TEACHER_CACHE_VERSION = 1
+TEACHER_CACHE_VERSION = 2
+STUDENT_BASE_META = "rtd_student_base.json"
+STUDENT_BASE_VERSION = 1  # as TEACHER_CACHE_VERSION, for the student's base checkpoints
 
 
 def _container(node: Any) -> Any:
@@ -58,7 +60,6 @@ def teacher_key(cfg: DictConfig) -> str:
             "arch": t.arch,
             "model": _container(t.model),
             "train": _container(t.train),
-            "bucket_by_length": cfg.data.get("bucket_by_length", False),
         }
     )
 
@@ -92,47 +93,23 @@ def train_set_stats(datamodule: ReasoningDataModule, benchmark) -> dict:
 
 def train_teacher(cfg: DictConfig, benchmark, tokenizer, out_dir: Path) -> dict:
     """Train a causal LM from scratch on the benchmark's gold traces (plain CE), save it to ``out_dir``."""
-    tcfg = cfg.teacher.train
-    L.seed_everything(tcfg.seed, workers=True)
+    settings = TraceTraining.from_config(_container(cfg.teacher.train), "teacher.train")
+    L.seed_everything(settings.seed, workers=True)
     model = build_causal_lm(tokenizer, arch=cfg.teacher.arch, model=_container(cfg.teacher.model), field="teacher")
-    dm = ReasoningDataModule(
-        benchmark,
-        batch_size=tcfg.batch_size,
-        eval_batch_size=cfg.data.eval_batch_size,
-        bucket_by_length=cfg.data.get("bucket_by_length", False),
-        seed=tcfg.seed,
-        # The batch order every cached teacher was trained with (a DataLoader shuffle under
-        # seed_everything(teacher.train.seed)). The default teacher is calibrated (1.000 at every
-        # depth); trained on the seed + epoch order students now use, its 1,500 steps reached
-        # 0.18 chain accuracy (measured, 2026-11-25): this teacher's training is order-sensitive.
-        shuffle_from_global_rng=True,
-    )
-    dm.connect(tokenizer)
-    module = CoTFineTune(
+    meta = train_on_traces(
         model,
-        optimizer=lambda params: torch.optim.AdamW(params, lr=tcfg.lr, weight_decay=tcfg.weight_decay),
-        scheduler=lambda optimizer, total_steps: warmup_cosine(optimizer, total_steps, tcfg.warmup_ratio),
-    )
-    trainer = L.Trainer(
-        max_steps=tcfg.max_steps,
+        benchmark,
+        tokenizer,
+        settings,
         accelerator=cfg.trainer.accelerator,
-        devices=1,
         precision=cfg.trainer.precision,
-        gradient_clip_val=1.0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        enable_progress_bar=cfg.trainer.get("enable_progress_bar", True),
-        callbacks=[TQDMProgressBar(refresh_rate=25)] if cfg.trainer.get("enable_progress_bar", True) else [],
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        default_root_dir=str(out_dir),
+        eval_batch_size=cfg.data.eval_batch_size,
+        progress=cfg.trainer.get("enable_progress_bar", True),
+        root_dir=out_dir,
     )
-    start = time.time()
-    trainer.fit(module, datamodule=dm)
     model.save_pretrained(out_dir)  # safetensors
     tokenizer.save_pretrained(out_dir)
-    return {"train_seconds": round(time.time() - start, 1), "steps": trainer.global_step}
+    return meta
 
 
 def prepare_teacher(cfg: DictConfig, benchmark) -> tuple[Teacher, Any, dict]:
@@ -169,15 +146,106 @@ def prepare_teacher(cfg: DictConfig, benchmark) -> tuple[Teacher, Any, dict]:
     return Teacher(model, layer=t.layer), tokenizer, {"source": str(path), **meta}
 
 
-def prepare_student(cfg: DictConfig, tokenizer, teacher: Teacher):
+def base_world(cfg: DictConfig) -> dict | None:
+    """The benchmark config of the student base's pretraining world: the run's, with ``world_seed``;
+    None for a benchmark without worlds (a data set such as GSM8K has no seed to change)."""
+    bench = dict(_container(cfg.data.benchmark))
+    world_seed = cfg.student.base.world_seed
+    if "seed" not in bench:
+        return None
+    if world_seed == bench["seed"]:
+        raise ValueError(
+            f"student.base.world_seed={world_seed} equals data.benchmark.seed: the base would be trained on the "
+            "test world's own facts; pick another world seed"
+        )
+    return {**bench, "seed": world_seed}
+
+
+def uses_student_base(cfg: DictConfig) -> bool:
+    """Whether the student starts from its base checkpoint: ``student.base`` set, no ``student.pretrained``,
+    and a benchmark with sibling worlds (otherwise a warning says the student starts from scratch)."""
     s = cfg.student
-    if s.pretrained:
-        check_same_tokenizer(s.pretrained, tokenizer, field="student.pretrained")
+    if s.pretrained or not s.get("base"):
+        return False
+    if base_world(cfg) is None:
+        log.warning(
+            "student.base: data.benchmark (%s) has no sibling worlds to pretrain on; the student starts from its "
+            "initialisation (set student.pretrained=<id|path> for a pretrained student, or student.base=null)",
+            cfg.data.benchmark.get("_target_"),
+        )
+        return False
+    return True
+
+
+def student_base_key(cfg: DictConfig) -> str:
+    """What determines a student base: its world, the architecture, its training and its seed."""
+    s = cfg.student
+    return config_hash(
+        {
+            "version": STUDENT_BASE_VERSION,
+            "world": base_world(cfg),
+            "arch": s.arch,
+            "model": _container(s.model),
+            "train": _container(s.base.train),
+            "seed": s.base.seed,
+        }
+    )
+
+
+def prepare_student_base(cfg: DictConfig, tokenizer) -> Path:
+    """The student's base checkpoint (``rtd_lab.models.pretrain``), trained on a cache miss."""
+    s = cfg.student
+    key = student_base_key(cfg)
+    path = Path(hydra.utils.to_absolute_path(cfg.paths.cache_dir)) / "student_bases" / key
+    if (path / STUDENT_BASE_META).exists():
+        log.info("student base %s (seed %s) loaded from cache (%s)", key, s.base.seed, path)
+        return path
+    settings = TraceTraining.from_config({**_container(s.base.train), "seed": s.base.seed}, "student.base.train")
+    world = hydra.utils.instantiate(base_world(cfg))
+    world_tokenizer = world.build_tokenizer()
+    if not same_tokenizer(world_tokenizer, tokenizer):
+        raise ValueError("student.base: the pretraining world's tokenizer differs from the teacher's")
+    log.info("student base %s (seed %s) not in cache: pretraining it on world %s (%s)", key, s.base.seed,
+             s.base.world_seed, path)  # fmt: skip
+
+    def build(tmp: Path) -> dict:
+        L.seed_everything(settings.seed, workers=True)
+        model = build_causal_lm(tokenizer, arch=s.arch, model=_container(s.model), field="student")
+        meta = train_on_traces(
+            model,
+            world,
+            tokenizer,
+            settings,
+            accelerator=cfg.trainer.accelerator,
+            precision=cfg.trainer.precision,
+            eval_batch_size=cfg.data.eval_batch_size,
+            progress=cfg.trainer.get("enable_progress_bar", True),
+            root_dir=tmp,
+        )
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        log.info("student base %s: world %s validation chain accuracy %.3f, step accuracy %.3f", key,
+                 s.base.world_seed, meta["val_metrics"]["chain_acc"], meta["val_metrics"]["step_acc"])  # fmt: skip
+        return {**meta, "key": key, "world": base_world(cfg), "seed": s.base.seed}
+
+    build_once(path, STUDENT_BASE_META, build)
+    return path
+
+
+def prepare_student(cfg: DictConfig, tokenizer, teacher: Teacher):
+    """The student: ``student.pretrained``, else its base checkpoint (``student.base``), else built fresh."""
+    s = cfg.student
+    pretrained = s.pretrained
+    if uses_student_base(cfg):
+        pretrained = str(prepare_student_base(cfg, tokenizer))
+        L.seed_everything(cfg.seed, workers=True)  # the base's training moved the RNGs
+    if pretrained:
+        check_same_tokenizer(pretrained, tokenizer, field="student.pretrained")
     model = build_causal_lm(
         tokenizer,
         arch=s.arch,
         model=_container(s.model),
-        pretrained=s.pretrained,
+        pretrained=pretrained,
         trust_remote_code=s.trust_remote_code,
         field="student",
     )
@@ -213,6 +281,7 @@ class Prepared:
     trace_report: Any
     segmenter_info: dict | None
     timings: dict
+    student_base: dict | None = None  # the base checkpoint the student started from (student.base)
 
 
 def prepare(cfg: DictConfig, out_dir: Path | None = None) -> Prepared:
@@ -226,6 +295,11 @@ def prepare(cfg: DictConfig, out_dir: Path | None = None) -> Prepared:
 
     L.seed_everything(cfg.seed, workers=True)
     student = prepare_student(cfg, tokenizer, teacher)
+    student_base = None
+    if uses_student_base(cfg):
+        base_path = Path(hydra.utils.to_absolute_path(cfg.paths.cache_dir)) / "student_bases" / student_base_key(cfg)
+        student_base = {"source": str(base_path), **json.loads((base_path / STUDENT_BASE_META).read_text())}
+    timings["student_ready"] = round(time.time() - t0, 1)
     if out_dir is not None and rank_zero_only.rank == 0:
         tokenizer.save_pretrained(out_dir / "tokenizer")
     datamodule.connect(tokenizer)
@@ -274,6 +348,7 @@ def prepare(cfg: DictConfig, out_dir: Path | None = None) -> Prepared:
         trace_report,
         segmenter_info,
         timings,
+        student_base,
     )
 
 
@@ -316,6 +391,28 @@ def run_cache(cfg: DictConfig) -> dict:
         f"{info['bytes'] / 1e6:.1f} MB ({info['bytes_per_token']:.1f} bytes per token)"
     )
     return info
+
+
+def run_teacher(cfg: DictConfig) -> dict:
+    """``task=teacher``: build (or load) the run's teacher and measure it on the test split — the
+    robustness check of the calibration study (``teacher.train.seed``, ``teacher.train.order_family``)."""
+    _quiet_duplicate_logs()
+    datamodule: ReasoningDataModule = hydra.utils.instantiate(cfg.data)
+    benchmark = datamodule.benchmark
+    teacher, tokenizer, info = prepare_teacher(cfg, benchmark)
+    datamodule.connect(tokenizer)
+    metrics, _ = Evaluator(tokenizer, benchmark).evaluate(teacher.model, datamodule.test_dataloader(), "teacher eval")
+    out_dir = Path(cfg.paths.output_dir)
+    results = {
+        "teacher": {**{k: v for k, v in info.items() if k != "config"}, "metrics": metrics},
+        "depths": benchmark.depths,
+        "environment": environment(),
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+    atomic_write_json(out_dir / "teacher_results.json", results)
+    print(f"\nTeacher chain accuracy by depth, test split ({info['source']}):")
+    print(depth_table(benchmark.depths, {"teacher": metrics}))
+    return results
 
 
 def resolve_ckpt_path(cfg: DictConfig, out_dir: Path) -> str | None:
@@ -431,7 +528,12 @@ def train(cfg: DictConfig) -> dict:
         "seed": cfg.seed,
         "depths": benchmark.depths,
         "teacher": {**{k: v for k, v in p.teacher_info.items() if k != "config"}, "metrics": teacher_metrics},
-        "student": {"metrics": student_metrics, "steps": trainer.global_step},
+        "student": {
+            "metrics": student_metrics,
+            "steps": trainer.global_step,
+            "base": p.student_base,
+            "learning_curve": next((c.summary() for c in callbacks if isinstance(c, LearningCurve)), None),
+        },
         "curriculum": curriculum.summary() if curriculum is not None else None,
         "method_info": module.summary() if hasattr(module, "summary") else None,  # e.g. the PRM's report
         "teacher_traces": asdict(p.trace_report) if p.trace_report else None,

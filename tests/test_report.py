@@ -5,32 +5,11 @@ from __future__ import annotations
 import json
 import shutil
 
-import numpy as np
 import pytest
+from scipy import stats
 
-from rtd_lab.report import expected_jobs, mean_ci, paired_bootstrap
+from rtd_lab.report import build_report, expected_jobs, group_arms, read_sweep
 from tests.test_experiments import ROOT, _cli
-
-
-def test_mean_ci_is_student_t():
-    m, h = mean_ci([0.0, 1.0, 2.0])
-    assert m == 1.0 and h == pytest.approx(4.302653 * 1.0 / np.sqrt(3), rel=1e-5)  # t(0.975, 2) * s / sqrt(n)
-    assert np.isnan(mean_ci([0.5])[1])
-
-
-def test_paired_bootstrap():
-    rng = np.random.default_rng(0)
-    base = rng.integers(0, 2, size=(3, 400)).astype(float)
-    same = paired_bootstrap(base, base, n=2000)
-    assert same["delta"] == 0 and same["p_questions"] == 1.0
-    better = np.clip(base + (rng.random((3, 400)) < 0.3), 0, 1)  # ~15 points more questions right
-    out = paired_bootstrap(better, base, n=2000)
-    assert out["delta"] > 0.1 and out["p_questions"] < 0.001 and out["p_questions_and_seeds"] < 0.01
-    # Seed noise: one seed of "a" learned everything, the others nothing; b is in between every seed.
-    a = np.stack([np.ones(400), np.zeros(400), np.zeros(400)])
-    b = np.full((3, 400), 0.3)
-    noisy = paired_bootstrap(a, b, n=2000)
-    assert noisy["p_questions"] < 0.01 < 0.2 < noisy["p_questions_and_seeds"]  # seeds decide nothing here
 
 
 @pytest.fixture(scope="module")
@@ -63,13 +42,18 @@ def test_sweep_report_names_missing_jobs_and_draws_plots(tiny_sweep):
     rep = json.loads((sweep / "report.json").read_text())
     assert len(rep["missing"]) == 2
     assert any(jobs[1].name in m and "no results.json" in m for m in rep["missing"])
-    assert any(m.startswith("never started:") and "seed=0" in m for m in rep["missing"])
+    assert any("never started:" in m and "seed=0" in m for m in rep["missing"])
     assert rep["baseline"] == "standard_kd" and set(rep["vs_baseline"]) == {"cot_ft"}
-    assert {"p_questions", "p_questions_and_seeds"} <= set(rep["vs_baseline"]["cot_ft"])
+    # one seed per arm left: nothing to test over seeds, only the test-set interval
+    assert rep["vs_baseline"]["cot_ft"]["chain_acc"] is None
+    assert set(rep["vs_baseline"]["cot_ft"]["test_set"]) == {"delta", "ci", "questions"}
     assert rep["chain_acc"]["standard_kd"]["seeds"] == [0] and rep["chain_acc"]["cot_ft"]["seeds"] == [1]
+    per_seed = rep["chain_acc"]["cot_ft"]["chain_acc/depth_1"]["per_seed"]
+    assert len(per_seed) == 1 and 0 <= per_seed[0] <= 1
+    assert any("pilot" in w for w in rep["warnings"])
     assert rep["diagnostics"]["standard_kd"]["cka"]
     md = (sweep / "report.md").read_text()
-    assert "Missing or failed jobs (2)" in md and "| all |" in md
+    assert "Missing, failed or unreadable jobs (2)" in md and "| all |" in md and "a pilot" in md
     for png in ("chain_acc_by_depth.png", "cka_by_step.png", "chain_acc_bars.png"):
         assert (sweep / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert list((sweep / "wandb").glob("offline-run-*"))  # the report as a W&B run, offline
@@ -114,3 +98,50 @@ def test_report_errors_name_the_field(make_cfg, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no finished run"):
         run_report(make_cfg("task=report", f"report.sweep_dir={tmp_path / 'empty'}"))
+
+
+def _run(name: str, seed: int, acc: float, **config) -> dict:
+    metrics = {"chain_acc": acc, "chain_acc/depth_1": acc, "chain_acc/depth_2": acc, "answer_acc": acc, "step_acc": acc}
+    return {
+        "method": name,
+        "run": name,
+        "seed": seed,
+        "depths": [1, 2],
+        "student": {"metrics": metrics},
+        "teacher": {"metrics": metrics},
+        "config": {"seed": seed, "data": {"seed": seed}, "paths": {"output_dir": f"/x/{seed}"}, **config},
+        "_questions": {},
+    }
+
+
+def test_arms_are_configs_minus_the_seed():
+    runs = [_run("rtd", s, 0.5, method={"w_align": w}) for w in (0.3, 0.1) for s in (0, 1)]
+    runs += [_run("standard_kd", s, 0.4, method={"w_align": None}) for s in (0, 1)]
+    arms = group_arms(runs)
+    assert sorted(arms) == ["rtd[method.w_align=0.1]", "rtd[method.w_align=0.3]", "standard_kd"]
+    assert all(len(rs) == 2 for rs in arms.values())  # data.seed = the seed and the run dir do not split arms
+
+
+def test_report_tests_over_seeds_and_keeps_per_seed_values():
+    a = [0.712, 0.695, 0.731, 0.688, 0.705]
+    b = [0.681, 0.702, 0.664, 0.671, 0.690]
+    runs = [_run("rtd", s, v) for s, v in enumerate(a)] + [_run("standard_kd", s, v) for s, v in enumerate(b)]
+    rep = build_report(runs, [])
+    assert rep["chain_acc"]["rtd"]["seeds"] == [0, 1, 2, 3, 4]
+    assert rep["chain_acc"]["rtd"]["chain_acc"]["per_seed"] == a
+    c = rep["vs_baseline"]["rtd"]["chain_acc"]
+    assert c["design"] == "paired by seed"
+    assert c["p_t"] == pytest.approx(stats.ttest_rel(a, b).pvalue)
+    assert c["p_welch"] == pytest.approx(stats.ttest_ind(a, b, equal_var=False).pvalue)
+    assert c["mde80"] > 0 and rep["warnings"] == []
+
+
+def test_corrupt_results_are_named_and_skipped(tmp_path):
+    for i, text in enumerate([json.dumps(_run("rtd", 0, 0.5)), '{"method": "rtd", "seed"', "{}"]):
+        job = tmp_path / str(i)
+        (job / ".hydra").mkdir(parents=True)
+        (job / "results.json").write_text(text)
+    runs, missing = read_sweep(tmp_path)
+    assert len(runs) == 1 and len(missing) == 2
+    assert all("results.json unreadable" in m for m in missing)
+    assert {m.split(":")[0] for m in missing} == {str(tmp_path / "1"), str(tmp_path / "2")}

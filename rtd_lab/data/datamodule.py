@@ -137,6 +137,7 @@ class Collator:
 
 
 TRACE_SOURCES = ("gold", "teacher", "rft")
+ORDER_FAMILY_STRIDE = 1_000_003  # far beyond any seed range, so two families never share an order
 
 
 def subset(examples: list[ReasoningExample], n: int, source: str = "gold") -> list[ReasoningExample]:
@@ -165,7 +166,7 @@ class ReasoningDataModule(L.LightningDataModule):
         trace_source: str = "gold",
         boundaries: str = "gold",
         max_train_examples: int | None = None,
-        shuffle_from_global_rng: bool = False,
+        order_family: int = 0,
     ):
         super().__init__()
         if batch_size < 1:
@@ -202,9 +203,11 @@ class ReasoningDataModule(L.LightningDataModule):
         # examples, drawn with a fixed seed (not the run's), so every run of a sweep sees the same one.
         self.max_train_examples = max_train_examples
         self.seed = seed
-        # Draw each epoch's shuffle from the global RNG (DataLoader(shuffle=True)) instead of seed + epoch.
-        # Only the from-scratch teacher does (train.train_teacher): not resumable, not for DDP.
-        self.shuffle_from_global_rng = shuffle_from_global_rng
+        if not isinstance(order_family, int) or order_family < 0:
+            raise ValueError(f"data.order_family must be an integer >= 0, got {order_family!r}")
+        # The family of batch orders: seed s shuffles by s + ORDER_FAMILY_STRIDE * order_family, so another
+        # family gives every seed another order while keeping everything else the seed fixes.
+        self.order_family = order_family
         self.tokenizer = None
         self.encoded: dict[str, list[Encoded]] = {}
         # Set by the depth curriculum (rtd_lab.curriculum): train on chains of depth <= this.
@@ -314,18 +317,18 @@ class ReasoningDataModule(L.LightningDataModule):
         self.setup()
         rank, world = self._distributed()
         train = self.encoded["train"]
+        seed = self.seed + ORDER_FAMILY_STRIDE * self.order_family
         if self.max_train_depth is not None:
             if self.bucket_by_length:
                 raise ValueError("data.bucket_by_length and a depth curriculum cannot be combined (yet)")
             depths = [x.example.depth for x in train]
             sampler = StagedBatchSampler(
-                depths, self.batch_size, lambda: self.max_train_depth, self.seed, rank=rank, world_size=world
+                depths, self.batch_size, lambda: self.max_train_depth, seed, rank=rank, world_size=world
             )
         elif self.bucket_by_length:
             lengths = [len(x.input_ids) for x in train]
-            sampler = LengthBucketBatchSampler(lengths, self.batch_size, seed=self.seed, rank=rank, world_size=world)
+            sampler = LengthBucketBatchSampler(lengths, self.batch_size, seed=seed, rank=rank, world_size=world)
         else:
-            seed = None if self.shuffle_from_global_rng else self.seed
             sampler = ShuffledBatchSampler(len(train), self.batch_size, seed, rank=rank, world_size=world)
         return ResumableLoader(
             train,

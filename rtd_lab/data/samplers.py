@@ -107,19 +107,15 @@ class ShuffledBatchSampler(ResumableBatchSampler):
 
     Not ``DataLoader(shuffle=True)``, which draws each epoch's seed from the global RNG: then
     anything that used the RNG before training (sampling traces, fitting a boundary classifier or
-    a PRM, the DDP set-up) changed the batch order, and two ranks could disagree on it. Runs before
-    issue 6 (commit 8af7292 and earlier) shuffled that way; their per-seed numbers differ from today's.
+    a PRM, the DDP set-up) changed the batch order, and two ranks could disagree on it.
     """
 
-    def __init__(self, n: int, batch_size: int, seed: int | None = 0, rank: int = 0, world_size: int = 1):
+    def __init__(self, n: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1):
         super().__init__(batch_size, seed, rank, world_size)
         self.n = n
 
     def _start_epoch(self, epoch: int) -> dict:
-        # seed None: the epoch's seed is drawn from the global RNG, exactly as DataLoader(shuffle=True)
-        # does; only the from-scratch teacher trains that way (see train.train_teacher).
-        seed = int(torch.empty((), dtype=torch.int64).random_().item()) if self.seed is None else self.seed + epoch
-        order = torch.randperm(self.n, generator=torch.Generator().manual_seed(seed)).tolist()
+        order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + epoch)).tolist()
         return {"order": order, "pos": 0}
 
     def _next(self, cursor: dict) -> list[int] | None:
@@ -168,49 +164,35 @@ class LengthBucketBatchSampler(ResumableBatchSampler):
         return pools * -(-self.pool // self.batch_size) + -(-rest // self.batch_size)
 
 
-class StagedBatchSampler(ResumableBatchSampler):
-    """Shuffled batches drawn only from the examples the current curriculum stage allows.
+class StagedBatchSampler(ShuffledBatchSampler):
+    """``ShuffledBatchSampler``'s batches, drawn only from the examples the current curriculum stage
+    allows: the same permutation of the whole training set each epoch (``seed + epoch``), walked in
+    order, skipping the examples deeper than the stage.
 
-    ``max_depth_fn()`` is read before every batch, so a stage that ends mid-epoch takes effect
-    at once, up to prefetching: Lightning fetches one batch ahead, and each DataLoader worker a
-    few more, so that many batches of the old stage still arrive. An epoch is as many batches as the
-    full training set makes, whatever the stage, so epochs stay comparable across stages.
+    So the curriculum changes the batch order in no other way than by its stage filter: once every
+    depth is allowed, the batches are exactly those of ``ShuffledBatchSampler`` at the same place of
+    the same epoch (the no-curriculum ablation trains on that order from the first step).
+    ``max_depth_fn()`` is read before every batch, so a stage that ends mid-epoch takes effect at
+    once, up to prefetching (Lightning fetches one batch ahead, each DataLoader worker a few more).
+    An epoch ends when the permutation is used up: a stage of short chains has shorter epochs.
     """
 
     def __init__(self, depths: list[int], batch_size: int, max_depth_fn, seed: int = 0, rank=0, world_size=1):
-        super().__init__(batch_size, seed, rank, world_size)
+        super().__init__(len(depths), batch_size, seed, rank, world_size)
         self.depths = depths
         self.max_depth_fn = max_depth_fn
 
-    def _start_epoch(self, epoch: int) -> dict:
-        g = torch.Generator().manual_seed(self.seed + epoch)
-        return {"g": g, "current": None, "order": [], "pos": 0, "left": len(self)}
-
     def _next(self, cursor: dict) -> list[int] | None:
-        if cursor["left"] == 0:
-            return None
         max_depth = self.max_depth_fn()
-        if max_depth != cursor["current"] or cursor["pos"] >= len(cursor["order"]):  # new stage, or pool used up
-            pool = [i for i, d in enumerate(self.depths) if d <= max_depth]
-            if not pool:
-                raise ValueError(f"no training example has depth <= {max_depth} (curriculum.stages)")
-            cursor["order"] = [pool[j] for j in torch.randperm(len(pool), generator=cursor["g"]).tolist()]
-            cursor["current"], cursor["pos"] = max_depth, 0
-        batch = cursor["order"][cursor["pos"] : cursor["pos"] + self.batch_size]
-        cursor["pos"] += self.batch_size
-        cursor["left"] -= 1
-        return batch
-
-    def _cursor_state(self, cursor: dict) -> dict:
-        return {**cursor, "g": cursor["g"].get_state()}
-
-    def _load_cursor(self, state: dict) -> dict:
-        g = torch.Generator()
-        g.set_state(state["g"])
-        return {**state, "g": g}
-
-    def __len__(self) -> int:
-        return -(-len(self.depths) // self.batch_size)
+        order, pos, batch = cursor["order"], cursor["pos"], []
+        while pos < len(order) and len(batch) < self.batch_size:
+            if self.depths[order[pos]] <= max_depth:
+                batch.append(order[pos])
+            pos += 1
+        cursor["pos"] = pos
+        if not batch and not any(d <= max_depth for d in self.depths):
+            raise ValueError(f"no training example has depth <= {max_depth} (curriculum.stages)")
+        return batch or None
 
 
 class ResumableLoader(DataLoader):

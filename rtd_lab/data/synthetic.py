@@ -53,6 +53,7 @@ class SyntheticConfig:
     ops: tuple[str, ...] | None = None  # None: every operator of the rule
     distractors: int = 0
     shuffle: bool = False
+    n_operands: int | None = None  # None: every operand the operator allows
     n_train_per_depth: int = 3000
     n_val_per_depth: int = 50
     n_test_per_depth: int = 100
@@ -77,6 +78,10 @@ class SyntheticConfig:
             raise ValueError(
                 f"data.ops must be a non-empty subset of {list(allowed)} for data.rule={self.rule}, "
                 f"got {list(self.ops)}"
+            )
+        if self.n_operands is not None and not 1 <= self.n_operands <= self.modulus - 2:
+            raise ValueError(
+                f"data.n_operands must be in [1, data.modulus - 2 = {self.modulus - 2}] or null, got {self.n_operands}"
             )
         if not 0 <= self.distractors <= len(DISTRACTOR_NAMES):
             raise ValueError(f"data.distractors must be in [0, {len(DISTRACTOR_NAMES)}], got {self.distractors}")
@@ -119,11 +124,10 @@ def apply_op(x: int, op: str, n: int, modulus: int, seed: int = 0) -> int:
     return (x * n) % modulus
 
 
-def _operand(rng: random.Random, op: str, modulus: int) -> int:
+def _operand(rng: random.Random, op: str, modulus: int, n_operands: int | None = None) -> int:
     # Multiplying by 0 or 1 would make a step trivial or erase the chain's history.
-    if op in TABLE_OPS:
-        return rng.randrange(modulus)
-    return rng.randint(2, modulus - 1) if op == "*" else rng.randint(1, modulus - 1)
+    low = 0 if op in TABLE_OPS else 2 if op == "*" else 1
+    return low + rng.randrange(n_operands or modulus - low)
 
 
 def sample_example(rng: random.Random, depth: int, cfg: SyntheticConfig, uid: str) -> ReasoningExample:
@@ -140,7 +144,7 @@ def sample_example(rng: random.Random, depth: int, cfg: SyntheticConfig, uid: st
     steps = []
     for i in range(1, cfg.max_depth + 1):
         op = rng.choice(cfg.ops)
-        n = _operand(rng, op, m)
+        n = _operand(rng, op, m, cfg.n_operands)
         defs.append(f"{CHAIN_NAMES[i]} = {CHAIN_NAMES[i - 1]} {op} {n}")
         new = apply_op(value, op, n, m, cfg.seed)
         if i <= depth:
@@ -149,7 +153,7 @@ def sample_example(rng: random.Random, depth: int, cfg: SyntheticConfig, uid: st
     for name in DISTRACTOR_NAMES[: cfg.distractors]:
         op = rng.choice(cfg.ops)
         src = CHAIN_NAMES[rng.randrange(cfg.max_depth + 1)]
-        defs.append(f"{name} = {src} {op} {_operand(rng, op, m)}")
+        defs.append(f"{name} = {src} {op} {_operand(rng, op, m, cfg.n_operands)}")
     if cfg.shuffle:
         rng.shuffle(defs)
     question = " , ".join(defs) + f" ; {CHAIN_NAMES[depth]} ?"
