@@ -32,42 +32,59 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import TQDMProgressBar
-
-from rtd_lab.optim import warmup_stable_decay
+from lightning.pytorch.callbacks import Callback, TQDMProgressBar
+from torch.optim.lr_scheduler import LambdaLR
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class TraceTraining:
-    """How a model is trained from scratch on gold traces (``teacher.train``, ``student.base.train``)."""
+    """How a model is trained from scratch on gold traces (``teacher.train``, ``student.base.train``).
 
-    max_steps: int = 3000  # optimizer steps
+    Warm-up, then the peak rate until the model has *learned* — its greedy chain accuracy on the
+    validation split, checked every ``check_every`` steps, reaches ``target_chain_acc`` — then a
+    linear decay over ``decay_steps`` steps, and stop. Small models learn a lookup all at once after
+    a plateau of random length (experiments/calibration): a fixed budget either wastes steps or ends
+    some seeds inside the plateau; this ends every seed past it. ``max_steps`` caps the whole run
+    (the decay then starts ``decay_steps`` before it); a model still short of the target at the end
+    is an error, never a silently half-trained cache entry. ``target_chain_acc: null`` is a fixed
+    warm-up / stable / decay run of ``max_steps``.
+    """
+
+    max_steps: int = 10000  # cap on optimizer steps
     batch_size: int = 64
     lr: float = 3.0e-3  # AdamW peak learning rate
     weight_decay: float = 0.01
-    warmup_ratio: float = 0.02  # linear warm-up share of the steps
-    decay_ratio: float = 0.2  # final linear decay share (warm-up / stable / decay: rtd_lab.optim)
+    warmup_steps: int = 100
+    target_chain_acc: float | None = 0.99  # validation chain accuracy that counts as learned
+    check_every: int = 250  # steps between validation checks
+    decay_steps: int = 500  # linear decay to 0 once learned
     seed: int = 0  # initialisation and batch order
     order_family: int = 0  # another family of batch orders for the same seed (data.order_family)
     field: str = "teacher.train"  # names the config block in errors
 
     def __post_init__(self) -> None:
-        for name in ("max_steps", "batch_size"):
+        for name in ("max_steps", "batch_size", "check_every", "decay_steps"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{self.field}.{name} must be an integer >= 1, got {value!r}")
+        if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+            raise ValueError(f"{self.field}.warmup_steps must be an integer >= 0, got {self.warmup_steps!r}")
+        if self.warmup_steps + self.decay_steps > self.max_steps:
+            raise ValueError(
+                f"{self.field}: warmup_steps + decay_steps ({self.warmup_steps} + {self.decay_steps}) exceed "
+                f"max_steps ({self.max_steps})"
+            )
         for name, positive in (("lr", True), ("weight_decay", False)):
             value = getattr(self, name)
             finite = isinstance(value, int | float) and math.isfinite(value)
             if not (finite and (value > 0 or not positive and value == 0)):
                 bound = "> 0" if positive else ">= 0"
                 raise ValueError(f"{self.field}.{name} must be a finite number {bound}, got {value!r}")
-        if not 0 <= self.warmup_ratio < 1:
-            raise ValueError(f"{self.field}.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
-        if not 0 <= self.decay_ratio <= 1 - self.warmup_ratio:
-            raise ValueError(f"{self.field}.decay_ratio must be in [0, 1 - warmup_ratio], got {self.decay_ratio}")
+        target = self.target_chain_acc
+        if target is not None and not (isinstance(target, int | float) and 0 < target <= 1):
+            raise ValueError(f"{self.field}.target_chain_acc must be in (0, 1] or null, got {target!r}")
 
     @classmethod
     def from_config(cls, settings: dict[str, Any], field: str) -> TraceTraining:
@@ -76,6 +93,39 @@ class TraceTraining:
         if unknown:
             raise ValueError(f"{field} has no setting {unknown}; known: {sorted(known)}")
         return cls(**settings, field=field)
+
+
+class UntilLearned(Callback):
+    """The schedule of ``TraceTraining``: checks validation chain accuracy, starts the decay once the
+    target is met (or ``decay_steps`` before ``max_steps``), stops when the decay is done."""
+
+    def __init__(self, settings: TraceTraining, evaluate):
+        self.s = settings
+        self.evaluate = evaluate  # () -> validation metrics of the model being trained
+        self.decay_start: int | None = None
+        self.checks: list[tuple[int, float]] = []
+        self.reached = False
+
+    def factor(self, step: int) -> float:
+        """Learning-rate multiplier at optimizer step ``step``."""
+        if step < self.s.warmup_steps:
+            return (step + 1) / self.s.warmup_steps
+        if self.decay_start is None or step < self.decay_start:
+            return 1.0
+        return max(0.0, 1.0 - (step - self.decay_start) / self.s.decay_steps)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if self.decay_start is None:
+            if self.s.target_chain_acc is not None and step % self.s.check_every == 0:
+                acc = self.evaluate()["chain_acc"]
+                self.checks.append((step, acc))
+                if acc >= self.s.target_chain_acc:
+                    self.reached, self.decay_start = True, step
+            if self.decay_start is None and step >= self.s.max_steps - self.s.decay_steps:
+                self.decay_start = step
+        if self.decay_start is not None and step >= self.decay_start + self.s.decay_steps:
+            trainer.should_stop = True
 
 
 def train_on_traces(
@@ -90,8 +140,8 @@ def train_on_traces(
     progress: bool = True,
     root_dir: Path | None = None,
 ) -> dict:
-    """Plain CE on ``benchmark``'s gold traces for ``settings.max_steps`` steps (warm-up / stable / decay),
-    then greedy chain accuracy on its validation split. Returns what it measured."""
+    """Plain CE on ``benchmark``'s gold traces until learned (``TraceTraining``), then greedy chain
+    accuracy on its validation split. Returns what it measured; raises if the target was not met."""
     from rtd_lab.data.datamodule import ReasoningDataModule
     from rtd_lab.evaluation import Evaluator
     from rtd_lab.methods.cot_ft import CoTFineTune
@@ -105,13 +155,19 @@ def train_on_traces(
         order_family=settings.order_family,
     )
     dm.connect(tokenizer)
+    evaluator = Evaluator(tokenizer, benchmark)
+
+    def evaluate() -> dict:
+        metrics, _ = evaluator.evaluate(model, dm.val_dataloader(), "validation")
+        return metrics
+
+    schedule = UntilLearned(settings, evaluate)
     module = CoTFineTune(
         model,
         optimizer=lambda params: torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay),
-        scheduler=lambda optimizer, total_steps: warmup_stable_decay(
-            optimizer, total_steps, settings.warmup_ratio, settings.decay_ratio, field=settings.field
-        ),
+        scheduler=lambda optimizer, total_steps: LambdaLR(optimizer, schedule.factor),
     )
+    callbacks = [schedule] + ([TQDMProgressBar(refresh_rate=25)] if progress else [])
     trainer = L.Trainer(
         max_steps=settings.max_steps,
         accelerator=accelerator,
@@ -122,7 +178,7 @@ def train_on_traces(
         enable_checkpointing=False,
         enable_model_summary=False,
         enable_progress_bar=progress,
-        callbacks=[TQDMProgressBar(refresh_rate=25)] if progress else [],
+        callbacks=callbacks,
         limit_val_batches=0,
         num_sanity_val_steps=0,
         default_root_dir=str(root_dir) if root_dir else None,
@@ -130,5 +186,18 @@ def train_on_traces(
     start = time.time()
     trainer.fit(module, datamodule=dm)
     seconds = round(time.time() - start, 1)
-    metrics, _ = Evaluator(tokenizer, benchmark).evaluate(model, dm.val_dataloader(), "validation")
-    return {"train_seconds": seconds, "steps": trainer.global_step, "val_metrics": metrics}
+    metrics = evaluate()
+    target = settings.target_chain_acc
+    if target is not None and metrics["chain_acc"] < target:
+        raise RuntimeError(
+            f"{settings.field}: the model reached validation chain accuracy {metrics['chain_acc']:.3f} in "
+            f"{trainer.global_step} steps, short of target_chain_acc={target}: raise {settings.field}.max_steps "
+            f"(checks: {schedule.checks})"
+        )
+    return {
+        "train_seconds": seconds,
+        "steps": trainer.global_step,
+        "decay_start": schedule.decay_start,
+        "checks": schedule.checks,
+        "val_metrics": metrics,
+    }
