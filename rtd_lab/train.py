@@ -177,13 +177,14 @@ def uses_student_base(cfg: DictConfig) -> bool:
     return True
 
 
-def student_base_key(cfg: DictConfig) -> str:
-    """What determines a student base: its world, the architecture, its training and its seed."""
+def student_base_key(cfg: DictConfig, tokenizer) -> str:
+    """What determines a student base: its world, the tokenizer, the architecture, its training and its seed."""
     s = cfg.student
     return config_hash(
         {
             "version": STUDENT_BASE_VERSION,
             "world": base_world(cfg),
+            "tokenizer": config_hash(sorted(tokenizer.get_vocab().items())),
             "arch": s.arch,
             "model": _container(s.model),
             "train": _container(s.base.train),
@@ -195,16 +196,13 @@ def student_base_key(cfg: DictConfig) -> str:
 def prepare_student_base(cfg: DictConfig, tokenizer) -> Path:
     """The student's base checkpoint (``rtd_lab.models.pretrain``), trained on a cache miss."""
     s = cfg.student
-    key = student_base_key(cfg)
+    key = student_base_key(cfg, tokenizer)
     path = Path(hydra.utils.to_absolute_path(cfg.paths.cache_dir)) / "student_bases" / key
     if (path / STUDENT_BASE_META).exists():
         log.info("student base %s (seed %s) loaded from cache (%s)", key, s.base.seed, path)
         return path
     settings = TraceTraining.from_config({**_container(s.base.train), "seed": s.base.seed}, "student.base.train")
-    world = hydra.utils.instantiate(base_world(cfg))
-    world_tokenizer = world.build_tokenizer()
-    if not same_tokenizer(world_tokenizer, tokenizer):
-        raise ValueError("student.base: the pretraining world's tokenizer differs from the teacher's")
+    world = hydra.utils.instantiate(base_world(cfg))  # tokenised with the run's tokenizer, as the run will be
     log.info("student base %s (seed %s) not in cache: pretraining it on world %s (%s)", key, s.base.seed,
              s.base.world_seed, path)  # fmt: skip
 
@@ -297,7 +295,8 @@ def prepare(cfg: DictConfig, out_dir: Path | None = None) -> Prepared:
     student = prepare_student(cfg, tokenizer, teacher)
     student_base = None
     if uses_student_base(cfg):
-        base_path = Path(hydra.utils.to_absolute_path(cfg.paths.cache_dir)) / "student_bases" / student_base_key(cfg)
+        base_path = Path(hydra.utils.to_absolute_path(cfg.paths.cache_dir)) / "student_bases"
+        base_path = base_path / student_base_key(cfg, tokenizer)
         student_base = {"source": str(base_path), **json.loads((base_path / STUDENT_BASE_META).read_text())}
     timings["student_ready"] = round(time.time() - t0, 1)
     if out_dir is not None and rank_zero_only.rank == 0:

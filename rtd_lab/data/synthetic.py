@@ -19,6 +19,11 @@ Difficulty knobs (all in ``conf/data/synthetic.yaml``):
   distractors  extra definitions, off the chain, that the trace must ignore (the definitions past
                the asked variable are distractors already)
   shuffle      present the definitions in random order (the model must look each one up by name)
+  n_operands   distinct operands per operator (rule "table": facts = |ops| x n_operands x modulus)
+  mark_asked   the asked variable's definition ends with "?" instead of ",": a step can see whether it
+               was the last one where it reads its operand, instead of matching the step count against
+               the asked name at the end of the question (a conjunction one-layer students learn after
+               a plateau of random length, or not at all: experiments/calibration)
 
 Splits are disjoint: test, then val, then train questions are drawn from separate random streams,
 and a later split never reuses a question of an earlier one. Test and val are also unique within
@@ -53,6 +58,7 @@ class SyntheticConfig:
     ops: tuple[str, ...] | None = None  # None: every operator of the rule
     distractors: int = 0
     shuffle: bool = False
+    mark_asked: bool = False  # the asked definition ends with "?" instead of ","
     n_operands: int | None = None  # None: every operand the operator allows
     n_train_per_depth: int = 3000
     n_val_per_depth: int = 50
@@ -154,9 +160,13 @@ def sample_example(rng: random.Random, depth: int, cfg: SyntheticConfig, uid: st
         op = rng.choice(cfg.ops)
         src = CHAIN_NAMES[rng.randrange(cfg.max_depth + 1)]
         defs.append(f"{name} = {src} {op} {_operand(rng, op, m, cfg.n_operands)}")
+    asked = defs[depth] if cfg.mark_asked else None  # before any shuffle: defs[depth] defines the asked variable
     if cfg.shuffle:
         rng.shuffle(defs)
-    question = " , ".join(defs) + f" ; {CHAIN_NAMES[depth]} ?"
+    parts = []
+    for i, d in enumerate(defs):
+        parts.append(d if i == len(defs) - 1 else d + (" ?" if d == asked else " ,"))
+    question = " ".join(parts) + f" ; {CHAIN_NAMES[depth]} ?"
     return ReasoningExample(uid=uid, question=question, steps=tuple(steps), answer=steps[-1].value, depth=depth)
 
 
