@@ -42,8 +42,10 @@ def test_curriculum_changes_the_batch_order_only_by_its_filter():
     staged_sampler = StagedBatchSampler(depths, batch_size=4, max_depth_fn=lambda: 3, seed=7)
     staged = [list(b) for epoch in range(2) for b in staged_sampler]
     assert staged == plain and plain[0] != plain[len(plain) // 2]  # two different epochs, the same batches
-    shallow = [i for b in StagedBatchSampler(depths, batch_size=4, max_depth_fn=lambda: 2, seed=7) for i in b]
-    assert shallow == [i for b in plain[: len(plain) // 2] for i in b if depths[i] <= 2]
+    shallow_batches = list(StagedBatchSampler(depths, batch_size=4, max_depth_fn=lambda: 2, seed=7))
+    assert all(len(b) == 4 for b in shallow_batches)  # full batches during a stage, across permutations
+    shallow = [i for b in shallow_batches for i in b]
+    assert shallow == [i for b in plain for i in b if depths[i] <= 2][: len(shallow)]
 
 
 def test_mean_direction_baseline_analytic():

@@ -165,34 +165,74 @@ class LengthBucketBatchSampler(ResumableBatchSampler):
 
 
 class StagedBatchSampler(ShuffledBatchSampler):
-    """``ShuffledBatchSampler``'s batches, drawn only from the examples the current curriculum stage
-    allows: the same permutation of the whole training set each epoch (``seed + epoch``), walked in
-    order, skipping the examples deeper than the stage.
+    """``ShuffledBatchSampler``'s stream of examples, drawn only from those the current curriculum stage
+    allows.
 
-    So the curriculum changes the batch order in no other way than by its stage filter: once every
-    depth is allowed, the batches are exactly those of ``ShuffledBatchSampler`` at the same place of
-    the same epoch (the no-curriculum ablation trains on that order from the first step).
-    ``max_depth_fn()`` is read before every batch, so a stage that ends mid-epoch takes effect at
-    once, up to prefetching (Lightning fetches one batch ahead, each DataLoader worker a few more).
-    An epoch ends when the permutation is used up: a stage of short chains has shorter epochs.
+    The stream is the permutations of the whole training set (``seed + k`` for k = 0, 1, ...) one
+    after the other, each ending in its partial batch, exactly as ``ShuffledBatchSampler`` deals
+    them; the curriculum walks it in order and skips the examples deeper than the stage. So the
+    curriculum changes the batch order in no other way than by its stage filter: with every depth
+    allowed the batches are the plain shuffle's (the no-curriculum ablation trains on that stream
+    from the first step); during a stage the skipped examples are simply missing from it, and
+    batches are full (a permutation's remainder is completed from the next). An epoch is as many
+    batches as the full training set makes, whatever the stage.
+    ``max_depth_fn()`` is read before every batch, so a stage that ends mid-epoch takes effect at once,
+    up to prefetching (Lightning fetches one batch ahead, each DataLoader worker a few more).
     """
 
     def __init__(self, depths: list[int], batch_size: int, max_depth_fn, seed: int = 0, rank=0, world_size=1):
         super().__init__(len(depths), batch_size, seed, rank, world_size)
         self.depths = depths
         self.max_depth_fn = max_depth_fn
+        self._stream = {"k": 0, "order": None, "pos": 0}  # the permutation being dealt, across epochs
+
+    def _start_epoch(self, epoch: int) -> dict:
+        return {"left": len(self), "stream": self._stream}
 
     def _next(self, cursor: dict) -> list[int] | None:
+        if cursor["left"] == 0:
+            return None
         max_depth = self.max_depth_fn()
-        order, pos, batch = cursor["order"], cursor["pos"], []
-        while pos < len(order) and len(batch) < self.batch_size:
-            if self.depths[order[pos]] <= max_depth:
-                batch.append(order[pos])
-            pos += 1
-        cursor["pos"] = pos
-        if not batch and not any(d <= max_depth for d in self.depths):
+        if not any(d <= max_depth for d in self.depths):
             raise ValueError(f"no training example has depth <= {max_depth} (curriculum.stages)")
-        return batch or None
+        # Unfiltered, a permutation ends in its partial batch (as the plain shuffle deals it); during a
+        # stage, batches stay full and run on into the next permutation: no batch of a single example,
+        # which could not be shared over DDP ranks.
+        filtered = max_depth < max(self.depths)
+        stream, batch = cursor["stream"], []
+        while len(batch) < self.batch_size:
+            if stream["order"] is None or stream["pos"] >= len(stream["order"]):
+                if batch and not filtered:
+                    break
+                gen = torch.Generator().manual_seed(self.seed + stream["k"])
+                stream["order"], stream["pos"] = torch.randperm(self.n, generator=gen).tolist(), 0
+                stream["k"] += 1
+            order = stream["order"]
+            while stream["pos"] < len(order) and len(batch) < self.batch_size:
+                if self.depths[order[stream["pos"]]] <= max_depth:
+                    batch.append(order[stream["pos"]])
+                stream["pos"] += 1
+        cursor["left"] -= 1
+        return batch
+
+    def _cursor_state(self, cursor: dict) -> dict:
+        return {"left": cursor["left"], "stream": dict(self._stream)}
+
+    def _load_cursor(self, state: dict) -> dict:
+        self._stream = dict(state["stream"])
+        return {"left": state["left"], "stream": self._stream}
+
+    def state_dict(self, consumed: int) -> dict:
+        # The stream outlives epochs: a checkpoint at an epoch's end must keep its place in it too.
+        state = super().state_dict(consumed)
+        if state["finished"]:
+            state["stream"] = dict(self._stream)
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        if state["finished"] and "stream" in state:
+            self._stream = dict(state["stream"])
 
 
 class ResumableLoader(DataLoader):
