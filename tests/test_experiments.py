@@ -78,7 +78,7 @@ SWEEP_EXTRA = {
         "teacher.train.max_steps=300",
         "sample.max_questions=24",
         "sample.n_samples=4",
-        "data.max_train_examples=4",
+        "data.max_train_examples=2",
     ]
 }
 
@@ -103,7 +103,7 @@ def test_sweep_runs_every_arm_in_one_group_with_one_teacher(tmp_path, sweep):
     assert {r["config"]["group"] for r in runs} == {sweep}
     teachers = len(list((tmp_path / "cache" / "teachers").iterdir()))
     if sweep == "rft_table":  # every arm trains on the same number of examples; rft_mixed adds a checkpoint
-        assert {r["train_set"]["examples"] for r in runs} == {4}
+        assert {r["train_set"]["examples"] for r in runs} == {2}
         assert teachers == 2
     else:
         assert teachers == 1
