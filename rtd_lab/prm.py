@@ -24,7 +24,7 @@ so it is judged (by the PRM's features, which include the teacher's log-probabil
 rewarded with that step — and "####", the answer and <eos> to the last step, the decision to stop.
 Every generated token belongs to exactly one step. (Crediting the separator to the step it closes,
 our first version, never judged the decision to continue: students learned to run past the asked
-variable with arithmetically right extra steps — experiments/paper_table/README.md.)
+variable with arithmetically right extra steps — experiments/paper_table/HISTORY.md.)
 Needs a tokenizer in which the separator and the marker are single tokens (true of the synthetic
 benchmark's); other tokenizers get a clear error.
 """

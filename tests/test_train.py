@@ -175,18 +175,20 @@ def test_cli_unknown_experiment_is_a_clear_error(tmp_path):
 
 @pytest.mark.slow
 def test_default_calibration_teacher_solves_every_depth(make_cfg):
-    """The embedded default as shipped: the teacher reaches >= 95 % chain accuracy at every depth.
-
-    Minutes on 2 cores (it trains the real default teacher): `make test-slow`.
+    """The embedded default as shipped (experiments/calibration): the teacher reaches >= 0.99 chain
+    accuracy at every depth, and the student alone (cot_ft, from its base, to convergence) falls off
+    with depth inside the band the calibration asks for. Minutes on 2 cores: `make test-slow`.
     """
     cfg = make_cfg("+experiment=cot_ft", "logger=csv", tiny=False)
     results = train(cfg)
     teacher = results["teacher"]["metrics"]
-    assert all(teacher[f"chain_acc/depth_{d}"] >= 0.95 for d in results["depths"]), teacher
+    assert all(teacher[f"chain_acc/depth_{d}"] >= 0.99 for d in results["depths"]), teacher
     student = results["student"]["metrics"]
-    # ...and the student trained with plain CE on the same gold traces falls off with depth.
     first, last = results["depths"][0], results["depths"][-1]
-    assert student[f"chain_acc/depth_{last}"] < student[f"chain_acc/depth_{first}"]
+    assert student[f"chain_acc/depth_{first}"] >= 0.80, student
+    assert student[f"chain_acc/depth_{first}"] - student[f"chain_acc/depth_{last}"] >= 0.25, student
+    assert student["chain_acc"] <= 0.90, student
+    assert results["student"]["learning_curve"]["converged"]
 
 
 def test_teacher_key_changes_with_what_shapes_the_teacher(make_cfg, monkeypatch):
