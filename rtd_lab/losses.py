@@ -257,6 +257,32 @@ def hint_loss(h_s_proj: torch.Tensor, h_t: torch.Tensor, mask: torch.Tensor, cou
     return F.mse_loss(h_s_proj[mask].float(), h_t[mask].float(), reduction="sum") / (n * h_t.size(-1))
 
 
+def other_chain_baseline(target: torch.Tensor, mask: torch.Tensor, loss_fn, shifts: int = 16) -> torch.Tensor:
+    """The loss of predicting each chain's vectors by another chain's teacher vectors at the same step.
+
+    Args:
+        target: (B, K, D) teacher boundary states or transitions.
+        mask: (B, K) bool, the real entries.
+        loss_fn: ``align_loss`` or ``coherence_loss``.
+        shifts: how many pairings to average: chain b is predicted by chain (b + r) mod B, r = 1..shifts.
+
+    A permutation null: the loss a prediction gets that is a real teacher trajectory, but of the wrong
+    chain. A student below it predicts its own chain's vectors better than a teacher vector of another
+    chain does; on entries where a chain has step i and its partner has not, the pair is skipped.
+    """
+    n = target.size(0)
+    if n < 2 or not mask.any():
+        raise ValueError("an other-chain baseline needs at least two chains with real entries")
+    losses = []
+    for r in range(1, min(shifts, n - 1) + 1):
+        both = mask & mask.roll(r, dims=0)
+        if both.any():
+            losses.append(loss_fn(target.roll(r, dims=0), target, both))
+    if not losses:
+        raise ValueError("no two chains share a step to compare")
+    return torch.stack(losses).mean()
+
+
 def mean_direction_baseline(target: torch.Tensor, mask: torch.Tensor, loss_fn) -> torch.Tensor:
     """The loss a predictor gets that outputs one vector, the mean direction of the targets, for all.
 

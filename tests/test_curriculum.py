@@ -12,7 +12,7 @@ import torch
 import rtd_lab.methods.rtd as rtd_mod
 from rtd_lab.curriculum import DepthCurriculum
 from rtd_lab.data.samplers import ShuffledBatchSampler, StagedBatchSampler
-from rtd_lab.losses import align_loss, coherence_loss, mean_direction_baseline
+from rtd_lab.losses import align_loss, coherence_loss, mean_direction_baseline, other_chain_baseline
 from rtd_lab.train import train
 
 
@@ -65,11 +65,31 @@ def test_mean_direction_baseline_analytic():
     )
 
 
+def test_other_chain_baseline_is_the_loss_of_another_chains_teacher_vectors():
+    mask = torch.ones(3, 1, dtype=torch.bool)
+    # Every chain's vector points the same way: another chain's predicts it exactly.
+    same = torch.tensor([[[1.0, 0.0]], [[3.0, 0.0]], [[2.0, 0.0]]])
+    assert float(other_chain_baseline(same, mask, align_loss)) == pytest.approx(0.0, abs=1e-6)
+    # Three chains, two pointing one way and one orthogonal: of the 6 ordered pairs, 4 are orthogonal.
+    mixed = torch.tensor([[[1.0, 0.0]], [[2.0, 0.0]], [[0.0, 1.0]]])
+    assert float(other_chain_baseline(mixed, mask, align_loss)) == pytest.approx(4 / 6, rel=1e-5)
+    assert float(other_chain_baseline(mixed, mask, coherence_loss)) == pytest.approx(4 / 6, rel=1e-5)
+    # It is never below the mean direction's loss on nearly collinear vectors (the stricter level).
+    torch.manual_seed(0)
+    near = torch.tensor([10.0, 0.0, 0.0]) + torch.randn(64, 2, 3)
+    full = torch.ones(64, 2, dtype=torch.bool)
+    assert other_chain_baseline(near, full, coherence_loss) > 2 * mean_direction_baseline(near, full, coherence_loss)
+    # A chain without step 2 is not compared at step 2.
+    ragged = torch.tensor([[[1.0, 0.0], [0.0, 1.0]], [[1.0, 0.0], [-50.0, 3.0]]])
+    assert float(other_chain_baseline(ragged, torch.tensor([[True, True], [True, False]]), align_loss)) == 0.0
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
         ({"metric": "kd"}, "curriculum.metric"),
         ({"threshold_ratio": 0}, "curriculum.threshold_ratio"),
+        ({"chance": "uniform"}, "curriculum.chance"),
         ({"min_steps_per_stage": 10, "max_steps_per_stage": 5}, "max_steps_per_stage"),
         ({"check_every_n_steps": 0}, "curriculum.check_every_n_steps"),
     ],
