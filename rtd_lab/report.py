@@ -128,15 +128,26 @@ def _job_order(job: Path) -> tuple:
 
 
 # ---- arms ---------------------------------------------------------------------------------------
-def _arm_config(run: dict) -> dict:
+def _seed_followers(runs: list[dict]) -> set[str]:
+    """Config entries that are the run's seed under another name (``data.seed: ${seed}``): a ``*seed``
+    entry equal to its run's seed in every run that has it. A constant such as ``data.benchmark.seed: 0``
+    is not one as soon as a run of another seed is in the sweep, so it never splits seed 0 off."""
+    values: dict[str, list[bool]] = defaultdict(list)
+    for r in runs:
+        for k, v in flatten(r.get("config") or {}).items():
+            if k.rsplit(".", 1)[-1].endswith("seed"):
+                values[k].append(v == r.get("seed"))
+    return {k for k, same in values.items() if all(same)}
+
+
+def _arm_config(run: dict, followers: set[str] = frozenset()) -> dict:
     """A run's flattened config without what only names, places or displays it, and without its seed
-    (entries that equal the run's seed, such as ``data.seed: ${seed}``, are the seed too)."""
+    (``followers``: the entries that are the seed under another name)."""
     flat = flatten(run.get("config") or {})
-    seed = run.get("seed")
     return {
         k: v
         for k, v in flat.items()
-        if k not in NOT_ARM_KEYS and not k.startswith(NOT_ARM_PREFIX) and not (k.endswith(".seed") and v == seed)
+        if k not in NOT_ARM_KEYS and not k.startswith(NOT_ARM_PREFIX) and k not in followers
     }
 
 
@@ -145,8 +156,9 @@ def group_arms(runs: list[dict]) -> dict[str, list[dict]]:
     entries that set it apart from the other arms of the same run name (``rtd[method.w_align=0.1]``)."""
     groups: dict[str, list[dict]] = {}
     configs: dict[str, dict] = {}
+    followers = _seed_followers(runs)
     for r in runs:
-        cfg = _arm_config(r)
+        cfg = _arm_config(r, followers)
         key = json.dumps([r.get("run", r["method"]), cfg], sort_keys=True, default=str)
         groups.setdefault(key, []).append(r)
         configs[key] = cfg

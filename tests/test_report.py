@@ -122,6 +122,16 @@ def test_arms_are_configs_minus_the_seed():
     assert all(len(rs) == 2 for rs in arms.values())  # data.seed = the seed and the run dir do not split arms
 
 
+def test_a_constant_seed_setting_does_not_split_seed_zero_off():
+    """data.benchmark.seed = 0 in every run equals seed 0's own seed, and is still not the seed."""
+    runs = [_run("cot_ft", s, 0.6, data={"seed": s, "benchmark": {"seed": 0}}, teacher={"train": {"seed": 0}})
+            for s in range(3)]  # fmt: skip
+    assert {k: len(v) for k, v in group_arms(runs).items()} == {"cot_ft": 3}
+    other = runs + [_run("cot_ft", s, 0.6, data={"seed": s, "benchmark": {"seed": 7}}, teacher={"train": {"seed": 0}})
+                    for s in range(3)]  # fmt: skip
+    assert sorted(group_arms(other)) == ["cot_ft[data.benchmark.seed=0]", "cot_ft[data.benchmark.seed=7]"]
+
+
 def test_report_tests_over_seeds_and_keeps_per_seed_values():
     a = [0.712, 0.695, 0.731, 0.688, 0.705]
     b = [0.681, 0.702, 0.664, 0.671, 0.690]
