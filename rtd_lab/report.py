@@ -214,6 +214,8 @@ def build_report(runs: list[dict], missing: list[str], baseline: str = "standard
         seeds = [r["seed"] for r in rs]
         row: dict = {"run": rs[0].get("run", rs[0]["method"]), "method": rs[0]["method"], "seeds": seeds, "n": len(rs)}
         row["dirs"] = [r.get("_dir") for r in rs]
+        curves = [r["student"].get("learning_curve") or {} for r in rs]
+        row["converged"] = [curve.get("converged") for curve in curves]  # per seed; None: no curve recorded
         values[name] = {}
         for k in keys + ["answer_acc", "step_acc"]:
             per_seed = [_metrics(r, depths).get(k) for r in rs]
@@ -320,6 +322,12 @@ METRIC_LABELS = {
 }
 
 
+def _converged_cell(flags: list | None) -> str:
+    """"k/n": runs whose validation curve had flattened (``learning_curve``), of those that recorded one."""
+    known = [f for f in flags or [] if f is not None]
+    return f"{sum(known)}/{len(known)}" if known else "–"
+
+
 def report_markdown(rep: dict, sweep_dir: str) -> str:
     arms = rep["chain_acc"]
     names = list(arms)
@@ -348,10 +356,11 @@ def report_markdown(rep: dict, sweep_dir: str) -> str:
         "",
         "Per seed (chain accuracy, all depths), SD over seeds, and the validation learning curve's area "
         "(val AULC: mean validation chain accuracy over the checks of training — sample efficiency, not the "
-        "converged accuracy):",
+        "converged accuracy), and how many runs had converged (their last validation checks within the "
+        "plateau tolerance of `callbacks.learning_curve`):",
         "",
-        "| arm | seeds | per seed | mean | SD | val AULC |",
-        "|---|---|---|---|---|---|",
+        "| arm | seeds | per seed | mean | SD | val AULC | converged |",
+        "|---|---|---|---|---|---|---|",
     ]
     for n in names:
         ca = arms[n]["chain_acc"]
@@ -359,7 +368,7 @@ def report_markdown(rep: dict, sweep_dir: str) -> str:
         aulc_cell = f"{_fmt(aulc['mean'])} ± {_fmt(aulc['ci95'])}" if aulc else "–"
         lines.append(
             f"| {n} | {', '.join(map(str, arms[n]['seeds']))} | {' / '.join(_fmt(v) for v in ca['per_seed'])} | "
-            f"{_fmt(ca['mean'])} | {_fmt(ca['sd'])} | {aulc_cell} |"
+            f"{_fmt(ca['mean'])} | {_fmt(ca['sd'])} | {aulc_cell} | {_converged_cell(arms[n].get('converged'))} |"
         )
     if rep["baseline"]:
         lines += [
