@@ -323,7 +323,7 @@ METRIC_LABELS = {
 
 
 def _converged_cell(flags: list | None) -> str:
-    """"k/n": runs whose validation curve had flattened (``learning_curve``), of those that recorded one."""
+    """Runs whose validation curve had flattened (``learning_curve``), as "k/n" of those that recorded one."""
     known = [f for f in flags or [] if f is not None]
     return f"{sum(known)}/{len(known)}" if known else "–"
 

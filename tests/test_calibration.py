@@ -40,7 +40,8 @@ class _Trainer:
 
 
 def _drive(settings: TraceTraining, accuracy_at) -> tuple[UntilLearned, int, list[float]]:
-    schedule, trainer, lrs = UntilLearned(settings, lambda: {"chain_acc": accuracy_at(trainer.global_step)}), _Trainer(), []
+    trainer, lrs = _Trainer(), []
+    schedule = UntilLearned(settings, lambda: {"chain_acc": accuracy_at(trainer.global_step)})
     while not trainer.should_stop and trainer.global_step < settings.max_steps:
         lrs.append(schedule.factor(trainer.global_step))
         trainer.global_step += 1
