@@ -19,6 +19,9 @@ TASKS = ("train", "teacher", "sample", "filter", "segment", "cache", "report")
 def run(cfg: DictConfig) -> dict:
     if cfg.task not in TASKS:
         raise ValueError(f"task={cfg.task!r} is not one of {list(TASKS)}")
+    from rtd_lab.preflight import check_config
+
+    check_config(cfg)  # every config error before any data, model or cache is built
     if cfg.retain_freed_memory:
         from rtd_lab.utils import retain_freed_memory
 

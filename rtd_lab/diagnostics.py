@@ -304,7 +304,7 @@ def recompute_cka(job: Path) -> dict:
     datamodule = instantiate(cfg.data)
     teacher, tokenizer, _ = prepare_teacher(cfg, datamodule.benchmark)
     student = prepare_student(cfg, tokenizer, teacher)
-    state = torch.load(job / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    state = torch.load(job / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
     student.load_state_dict({k[len("student.") :]: v for k, v in state.items() if k.startswith("student.")})
     student.eval()
     datamodule.connect(tokenizer)

@@ -31,7 +31,6 @@ benchmark's); other tokenizers get a clear error.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
@@ -46,11 +45,11 @@ from torchmetrics.functional.classification import binary_auroc
 from transformers import GenerationConfig
 
 from rtd_lab.data.datamodule import Collator, move_batch
-from rtd_lab.utils import build_once, config_hash
+from rtd_lab.utils import build_once, config_hash, verify_built
 
 log = logging.getLogger(__name__)
 PRM_CACHE_VERSION = 2  # 2: separators credited to the step they open
-_VALUE = re.compile(r"=\s*(-?\d+)\s*$")
+_VALUE = re.compile(r"=\s*(-?\d{1,30})\s*$")  # bounded: a 5,000-digit "value" is no value, not a crash
 
 
 def marker_ids(tokenizer, fmt) -> tuple[int, int]:
@@ -370,7 +369,7 @@ def load_or_train_prm(
             return {"key": key, "n_features": prm.mean.numel(), "config": asdict(cfg), "report": asdict(report)}
 
         build_once(path, "prm.json", build)
-    meta = json.loads((path / "prm.json").read_text())
+    meta = verify_built(path, "prm.json", "cached PRM")
     prm = ProcessRewardModel(meta["n_features"], cfg.hidden)
     prm.load_state_dict(load_file(str(path / "prm.safetensors")))
     prm.eval()

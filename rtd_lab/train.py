@@ -27,15 +27,16 @@ from rtd_lab.data.tokenizer import same_tokenizer
 from rtd_lab.diagnostics import flat_diagnostics, run_diagnostics
 from rtd_lab.evaluation import Evaluator
 from rtd_lab.learning_curve import LearningCurve
-from rtd_lab.models.build import build_causal_lm, check_same_tokenizer, load_tokenizer
+from rtd_lab.models.build import build_causal_lm, check_finite_weights, check_same_tokenizer, load_tokenizer
 from rtd_lab.models.pretrain import TraceTraining, train_on_traces
 from rtd_lab.models.teacher import Teacher
+from rtd_lab.rundir import check_checkpoint, claim_run_dir
 from rtd_lab.summarize import depth_table
 from rtd_lab.teacher_cache import CacheSpec, TeacherCache, prepare_teacher_cache, teacher_identity
 from rtd_lab.traces.rft import rft_dataset
 from rtd_lab.traces.segment import apply_learned_boundaries
 from rtd_lab.traces.teacher import examples_from_dataset, teacher_traces
-from rtd_lab.utils import atomic_write_json, atomic_write_jsonl, build_once, config_hash, flatten
+from rtd_lab.utils import atomic_write_json, atomic_write_jsonl, build_once, config_hash, flatten, verify_built
 
 log = logging.getLogger(__name__)
 TEACHER_META = "rtd_teacher.json"
@@ -118,6 +119,7 @@ def prepare_teacher(cfg: DictConfig, benchmark) -> tuple[Teacher, Any, dict]:
     if t.pretrained:
         tokenizer = load_tokenizer(t.pretrained, t.trust_remote_code, field="teacher")
         model = build_causal_lm(tokenizer, pretrained=t.pretrained, trust_remote_code=t.trust_remote_code)
+        check_finite_weights(model, f"teacher.pretrained={t.pretrained}")
         return Teacher(model, layer=t.layer), tokenizer, {"source": str(t.pretrained)}
 
     tokenizer = benchmark.build_tokenizer()
@@ -138,11 +140,12 @@ def prepare_teacher(cfg: DictConfig, benchmark) -> tuple[Teacher, Any, dict]:
         build_once(path, TEACHER_META, build)
     else:
         log.info("teacher %s loaded from cache (%s)", key, path)
+    meta = verify_built(path, TEACHER_META, "cached teacher")
     cached_tok = AutoTokenizer.from_pretrained(str(path))
     if not same_tokenizer(cached_tok, tokenizer):
         raise ValueError(f"cached teacher {path} was saved with another tokenizer; delete the folder to retrain it")
     model = AutoModelForCausalLM.from_pretrained(str(path))
-    meta = json.loads((path / TEACHER_META).read_text())
+    check_finite_weights(model, f"cached teacher {path}")
     return Teacher(model, layer=t.layer), tokenizer, {"source": str(path), **meta}
 
 
@@ -200,6 +203,7 @@ def prepare_student_base(cfg: DictConfig, tokenizer) -> Path:
     path = Path(hydra.utils.to_absolute_path(cfg.paths.cache_dir)) / "student_bases" / key
     if (path / STUDENT_BASE_META).exists():
         log.info("student base %s (seed %s) loaded from cache (%s)", key, s.base.seed, path)
+        verify_built(path, STUDENT_BASE_META, "cached student base")
         return path
     settings = TraceTraining.from_config({**_container(s.base.train), "seed": s.base.seed}, "student.base.train")
     world = hydra.utils.instantiate(base_world(cfg))  # tokenised with the run's tokenizer, as the run will be
@@ -247,6 +251,8 @@ def prepare_student(cfg: DictConfig, tokenizer, teacher: Teacher):
         trust_remote_code=s.trust_remote_code,
         field="student",
     )
+    if pretrained:
+        check_finite_weights(model, f"student {pretrained}")
     v_s = model.get_output_embeddings().out_features
     v_t = teacher.model.get_output_embeddings().out_features
     if v_s != v_t:
@@ -424,6 +430,7 @@ def resolve_ckpt_path(cfg: DictConfig, out_dir: Path) -> str | None:
             raise FileNotFoundError(
                 f"ckpt_path=last, but {last} does not exist (hydra.run.dir names the run to resume)"
             )
+        check_checkpoint(last)
         return str(last)
     if ckpt is None:
         # Lightning's SLURM auto-requeue saves hpc_ckpt_N.ckpt on the way out: the newest one wins.
@@ -431,9 +438,12 @@ def resolve_ckpt_path(cfg: DictConfig, out_dir: Path) -> str | None:
         if found:
             newest = max(found, key=lambda c: c.stat().st_mtime)
             log.info("resuming from %s (this run directory holds an interrupted run's checkpoint)", newest)
+            check_checkpoint(newest)
             return str(newest)
     if ckpt is not None and not Path(ckpt).exists():
         raise FileNotFoundError(f"ckpt_path={ckpt}: no such checkpoint")
+    if ckpt is not None:
+        check_checkpoint(Path(ckpt))
     return ckpt
 
 
@@ -464,6 +474,10 @@ def train(cfg: DictConfig) -> dict:
     _quiet_duplicate_logs()
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if rank_zero_only.rank == 0:
+        finished = claim_run_dir(out_dir, OmegaConf.to_container(cfg, resolve=True))
+        if finished is not None:
+            return finished
     t0 = time.time()
     p = prepare(cfg, out_dir)
     datamodule, teacher, module, evaluator = p.datamodule, p.teacher, p.module, p.evaluator
@@ -539,6 +553,7 @@ def train(cfg: DictConfig) -> dict:
         "segmenter": p.segmenter_info,
         "teacher_cache": {"path": str(cache.path), "tail": cache.tail, **cache.manifest["stats"]} if cache else None,
         "train_set": train_set_stats(datamodule, benchmark),
+        "skipped_records": dict(getattr(benchmark, "skipped", None) or {}),  # data.benchmark.on_error=skip
         "diagnostics": diagnostics,
         "timings_seconds": timings,
         "environment": environment(),  # results depend on these versions (a new transformers changed ours)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import json
+import logging
 import os
 import platform
 import shutil
+import socket
 import tempfile
 import time
 from pathlib import Path
@@ -54,6 +56,14 @@ def flatten(d: dict, prefix: str = "", sep: str = ".") -> dict[str, Any]:
     return out
 
 
+def differing_fields(old: dict, new: dict, limit: int = 8) -> str:
+    """``"sample.n_samples: 2 -> 4; seed: 0 -> 7"``: what a refusal to reuse an artifact names."""
+    a, b = flatten(old), flatten(new)
+    keys = sorted(k for k in a.keys() | b.keys() if a.get(k, "<unset>") != b.get(k, "<unset>"))
+    shown = "; ".join(f"{k}: {a.get(k, '<unset>')!r} -> {b.get(k, '<unset>')!r}" for k in keys[:limit])
+    return shown + (f"; and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
 def build_once(path: Path, marker: str, build) -> None:
     """Make the cached folder ``path`` unless it is complete (``path/marker`` exists).
 
@@ -63,10 +73,14 @@ def build_once(path: Path, marker: str, build) -> None:
     """
     if (path / marker).exists():
         return
-    tmp = path.parent / f".{path.name}.tmp-{time.time_ns()}"
+    remove_stale_builds(path)
+    tmp = path.parent / f".{path.name}.tmp-{socket.gethostname()}-{os.getpid()}-{time.time_ns()}"
     tmp.mkdir(parents=True)
     try:
-        atomic_write_json(tmp / marker, build(tmp))
+        meta = build(tmp)
+        # Every file's hash, checked at each load (verify_built): a flipped byte in a cached model
+        # must stop the run that would use it, not train a student on it.
+        atomic_write_json(tmp / marker, {**meta, "files": file_hashes(tmp, exclude={marker})})
         try:
             tmp.rename(path)
         except OSError:  # another run finished the same artifact first: use theirs
@@ -74,6 +88,67 @@ def build_once(path: Path, marker: str, build) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_hashes(root: Path, exclude: set[str] = frozenset()) -> dict[str, str]:
+    """{relative path: SHA-256} of every file under ``root``."""
+    return {
+        str(f.relative_to(root)): sha256_file(f)
+        for f in sorted(root.rglob("*"))
+        if f.is_file() and str(f.relative_to(root)) not in exclude
+    }
+
+
+def verify_built(path: Path, marker: str, what: str) -> dict:
+    """The metadata of a folder made by ``build_once``, after checking every file against its hash."""
+    meta = json.loads((path / marker).read_text())
+    recorded = meta.get("files")
+    if recorded is None:
+        logging.getLogger(__name__).warning(
+            "%s %s was built without file hashes (an older rtd_lab): not verified", what, path
+        )
+        return meta
+    for name, digest in recorded.items():
+        file = path / name
+        if not file.is_file():
+            raise ValueError(f"{what} {path}: {name} is missing; delete {path} to rebuild it")
+        if sha256_file(file) != digest:
+            raise ValueError(
+                f"{what} file {file} differs from the one built (SHA-256 mismatch: changed or corrupted); "
+                f"delete {path} to rebuild it"
+            )
+    return meta
+
+
+def remove_stale_builds(path: Path) -> None:
+    """Delete the temporary folders of killed builds of ``path`` (this host's, whose process is gone)."""
+    host = socket.gethostname()
+    for tmp in path.parent.glob(f".{glob_escape(path.name)}.tmp-{glob_escape(host)}-*"):
+        pid = tmp.name[len(f".{path.name}.tmp-{host}-") :].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def glob_escape(text: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in text)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 # glibc mallopt(3) parameters (malloc.h)

@@ -240,6 +240,9 @@ class ReasoningDataModule(L.LightningDataModule):
             splits["train"] = self.train_override
         if self.max_train_examples is not None:
             splits["train"] = subset(splits["train"], self.max_train_examples, self.trace_source)
+        for name in ("train", "test"):  # an empty split would "succeed" with 0.000 over 0 questions
+            if not splits.get(name):
+                raise ValueError(f"the {name} split of data.benchmark is empty: nothing to {name} on")
         segmenter = None
         if self.boundaries not in ("gold", "learned"):
             from rtd_lab.traces.segment import rule_boundaries

@@ -31,7 +31,7 @@ from rtd_lab.traces.answers import extract_answer, normalize_number
 log = logging.getLogger(__name__)
 FORMAT = TraceFormat(prompt_suffix="\nAnswer:", step_sep="\n", answer_prefix="\n#### ")
 _RESULT = re.compile(r"<<[^<>]*=([^<>]*)>>")
-_NUMBER = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?")
+_NUMBER = re.compile(r"(?<![\w.])-?\$?\d[\d,]*+(?:\.\d+)?+(?![eE][+-]?\d)")  # as answers._NUM
 DEFAULT_PATH = "../shared/data/gsm8k"
 
 
@@ -81,21 +81,26 @@ def parse_record(record: dict, uid: str, where: str, keep_annotations: bool = Tr
 def read_jsonl(path: Path, on_error: str = "raise") -> tuple[list[tuple[int, dict]], int]:
     """(line number, record) pairs and the number of lines skipped (``on_error="skip"``)."""
     rows, skipped = [], 0
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
+    with open(path, "rb") as f:  # bytes, decoded line by line: a bad byte is reported with its line
+        for i, raw in enumerate(f, start=1):
             try:
-                record = json.loads(line)
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as err:
+                    raise MalformedInput(f"{path}:{i}: not UTF-8 (byte {err.start}: {err.reason})") from err
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except (json.JSONDecodeError, RecursionError) as err:
+                    raise MalformedInput(f"{path}:{i}: not valid JSON ({getattr(err, 'msg', err)})") from err
                 if not isinstance(record, dict):
                     raise MalformedInput(f"{path}:{i}: a JSON object was expected, got {type(record).__name__}")
-            except (json.JSONDecodeError, MalformedInput) as err:
+            except MalformedInput:
                 if on_error == "skip":
                     skipped += 1
                     continue
-                if isinstance(err, MalformedInput):
-                    raise
-                raise MalformedInput(f"{path}:{i}: not valid JSON ({err.msg})") from err
+                raise
             rows.append((i, record))
     return rows, skipped
 

@@ -146,6 +146,13 @@ class ReasoningModule(L.LightningModule):
 
     def model_step(self, batch: dict, stage: str) -> torch.Tensor:
         losses = self.compute_losses(batch)
+        if stage == "train" and not torch.isfinite(losses["loss"].detach()).all():
+            # Stop at once: every later step would train on NaN and the run would only fail at the end.
+            parts = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items() if v.numel() == 1)
+            raise FloatingPointError(
+                f"non-finite training loss at step {self.global_step} ({parts}): check method.* and optim.* "
+                "(a weight or learning rate too large) and the teacher"
+            )
         if not self.logs_this_step(stage):
             return losses["loss"]
         bs = batch["input_ids"].size(0)
@@ -187,6 +194,11 @@ class ReasoningModule(L.LightningModule):
         # The global RNGs drive the shuffle of every new epoch and any sampling in a training step:
         # a resumed run restores them to continue exactly as the uninterrupted one (tests/test_resume.py).
         checkpoint["rng_states"] = rng_states()
+        # What the loggers buffered so far goes to disk with the checkpoint: a run killed after it and
+        # resumed from it keeps every metric logged up to it (CSVLogger writes every 100 steps otherwise).
+        if self._trainer is not None:
+            for logger in self.trainer.loggers:
+                logger.save()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._rng_to_restore = checkpoint.get("rng_states")

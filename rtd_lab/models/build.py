@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
 from rtd_lab.data.tokenizer import same_tokenizer
@@ -64,3 +65,10 @@ def check_same_tokenizer(student_source: str | Path, tokenizer, field: str = "st
             f"{field}={student_source} uses a different tokenizer than the teacher "
             f"(vocab {len(student_tok)} vs {len(tokenizer)}); distillation needs the same one"
         )
+
+
+def check_finite_weights(model, what: str) -> None:
+    """A NaN or infinite weight would train a NaN student to the end: stop at load, naming the model."""
+    for name, param in model.named_parameters():
+        if not torch.isfinite(param).all():
+            raise ValueError(f"{what}: weight {name} holds NaN or infinite values (a corrupted or diverged model)")

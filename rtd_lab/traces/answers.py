@@ -9,37 +9,27 @@ Order of precedence (the first that matches wins):
 
 A number is normalised before comparison: thousands commas, ``$`` and a trailing ``.`` are dropped
 (``$1,200.`` → ``1200``), and two answers are equal when they are equal as exact decimals
-(``18.0`` == ``18``; ``1/2`` is read as a fraction). Nothing is ever evaluated as code.
+(``18.0`` == ``18``; ``1/2`` is read as a fraction). Numbers are read by the one bounded parser,
+``rtd_lab.traces.numbers``: NaN, infinities and huge exponents are not numbers. Nothing is ever
+evaluated as code.
 """
 
 from __future__ import annotations
 
 import re
-from decimal import Decimal, InvalidOperation
-from fractions import Fraction
 
-_NUM = r"-?\$?\s?\d[\d,]*(?:\.\d+)?(?:/\d+)?|-?\$?\.\d+"
+from rtd_lab.traces.numbers import normalize_number, parse_number
+
+# A number in text: not the tail of a word or of another number (lookbehind), never the mantissa of
+# scientific notation ("1e5000" is not "1"; lookahead), and possessive, so no backtracking into long
+# digit strings.
+_NUM = r"(?<![\w.])(?:-?\$?\s?\d[\d,]*+(?:\.\d+)?+(?:/\d+)?+|-?\$?\.\d++)(?![eE][+-]?\d)"
 PATTERNS = (
     ("####", re.compile(rf"####\s*({_NUM})")),
     ("the answer is", re.compile(rf"[Tt]he (?:final )?answer is[:\s]*({_NUM})")),
     ("A:", re.compile(rf"(?m)^\s*A:\s*({_NUM})")),
 )
 _ANY_NUMBER = re.compile(_NUM)
-
-
-def normalize_number(text: str) -> str | None:
-    """``"$1,200."`` → ``"1200"``; ``"18.50"`` → ``"18.5"``; ``"3/4"`` → ``"3/4"``; None if not a number."""
-    s = text.strip().replace(",", "").replace("$", "").replace(" ", "").rstrip(".")
-    try:
-        if "/" in s:
-            value = Fraction(s)
-            return str(value) if value.denominator != 1 else str(value.numerator)
-        d = Decimal(s)
-    except (InvalidOperation, ValueError, ZeroDivisionError):
-        return None
-    if d == d.to_integral_value():
-        return str(int(d))
-    return format(d.normalize(), "f")
 
 
 def extract_answer(text: str) -> tuple[str | None, str | None]:
@@ -55,10 +45,6 @@ def extract_answer(text: str) -> tuple[str | None, str | None]:
 
 
 def same_answer(a: str | None, b: str | None) -> bool:
-    """Equal as exact numbers (fractions and decimals compared by value)."""
-    if a is None or b is None:
-        return False
-    try:
-        return Fraction(a) == Fraction(b)
-    except (ValueError, ZeroDivisionError):
-        return a == b
+    """Equal as exact numbers (fractions and decimals compared by value); a non-number equals nothing."""
+    x, y = parse_number(a), parse_number(b)
+    return x is not None and x == y

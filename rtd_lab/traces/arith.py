@@ -3,6 +3,8 @@
 A small recursive-descent parser over numbers, ``+ - * / //``, unary signs and parentheses,
 computing with exact fractions — never ``eval``. Anything else (names, ``**``, calls) is a
 ``ValueError``. (GSM8K's annotations were written for a Python calculator: a few use ``//``.)
+The input is bounded (``MAX_CHARS`` characters, ``MAX_DEPTH`` nested parentheses), so model text can
+neither exhaust the recursion nor build huge numbers: beyond the bounds is a ``ValueError`` too.
 
     expr   := term (("+" | "-") term)*
     term   := factor (("*" | "/" | "//") factor)*
@@ -15,18 +17,25 @@ import re
 from dataclasses import dataclass
 from fractions import Fraction
 
+MAX_CHARS = 1000
+MAX_DEPTH = 50
 _TOKEN = re.compile(r"\s*(?:(\d+(?:\.\d*)?|\.\d+)|(//|.))")
 ANNOTATION = re.compile(r"<<([^<>=]*)=([^<>]*)>>")
 
 
 def _tokens(text: str) -> list[str]:
-    out = []
+    if len(text) > MAX_CHARS:
+        raise ValueError(f"expression longer than {MAX_CHARS} characters")
+    out, depth = [], 0
     for number, op in _TOKEN.findall(text):
         if number:
             out.append(number)
         elif op.strip():
             if op not in ("+", "-", "*", "/", "//", "(", ")"):
-                raise ValueError(f"unsupported character {op!r} in {text!r}")
+                raise ValueError(f"unsupported character {op!r} in {text[:80]!r}")
+            depth += (op == "(") - (op == ")")
+            if depth > MAX_DEPTH:
+                raise ValueError(f"more than {MAX_DEPTH} nested parentheses")
             out.append(op)
     return out
 
@@ -61,26 +70,27 @@ def evaluate(text: str) -> Fraction:
                 continue
             divisor = factor()
             if divisor == 0:
-                raise ValueError(f"division by zero in {text!r}")
+                raise ValueError(f"division by zero in {text[:80]!r}")
             value = value / divisor if op == "/" else Fraction(value // divisor)
         return value
 
     def factor() -> Fraction:
-        tok = take()
-        if tok in ("-", "+"):
-            return -factor() if tok == "-" else factor()
+        tok, negate = take(), False
+        while tok in ("-", "+"):  # a loop, not recursion: "------5" must not exhaust the stack
+            negate, tok = negate ^ (tok == "-"), take()
         if tok == "(":
             value = expr()
             if take() != ")":
-                raise ValueError(f"unbalanced parentheses in {text!r}")
-            return value
-        if tok in ("*", "/", "//", ")"):
-            raise ValueError(f"unexpected {tok!r} in {text!r}")
-        return Fraction(tok)
+                raise ValueError(f"unbalanced parentheses in {text[:80]!r}")
+        elif tok in ("*", "/", "//", ")"):
+            raise ValueError(f"unexpected {tok!r} in {text[:80]!r}")
+        else:
+            value = Fraction(tok)
+        return -value if negate else value
 
     value = expr()
     if pos != len(tokens):
-        raise ValueError(f"unexpected {tokens[pos]!r} in {text!r}")
+        raise ValueError(f"unexpected {tokens[pos]!r} in {text[:80]!r}")
     return value
 
 
@@ -100,6 +110,6 @@ def check_annotations(text: str, rel_tol: float = 1e-4) -> list[Check]:
         except ValueError:
             checks.append(Check(expression, claimed, None))
             continue
-        tol = rel_tol * max(1, abs(value))
-        checks.append(Check(expression, claimed, abs(float(value - stated)) <= tol or round(value, 2) == stated))
+        tol = Fraction(rel_tol) * max(1, abs(value))  # exact: a float of a huge difference would overflow
+        checks.append(Check(expression, claimed, abs(value - stated) <= tol or round(value, 2) == stated))
     return checks

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import re
 from collections import defaultdict
+from itertools import pairwise
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -32,7 +33,20 @@ from rtd_lab.utils import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 _ANNOTATION = re.compile(r"<<([^<>]*)>>")
-_EQUATION = re.compile(r"(-?\d[\d.,]*(?:\s*[-+*/x×]\s*-?\d[\d.,]*)+)\s*=\s*(-?\d[\d.,]*)")
+# An equation "a op b ... = c" is found around each "=": its left side read backwards from the "="
+# (the left side's pattern, reversed), its right side forwards. One anchored match per "=" keeps
+# this linear in the text; searching for the left side from every start position was quadratic.
+_LHS_REVERSED = re.compile(r"\s*([\d.,]*\d-?(?:\s*[-+*/x×]\s*[\d.,]*\d-?)+)")
+_RHS = re.compile(r"\s*(-?\d[\d.,]*)")
+
+
+def _equations(text: str) -> list[str]:
+    out = []
+    for left, right in pairwise(text.split("=")):
+        lhs, rhs = _LHS_REVERSED.match(left[::-1]), _RHS.match(right)
+        if lhs and rhs:
+            out.append(f"{lhs.group(1)[::-1]}={rhs.group(1)}".replace(" ", ""))
+    return out
 
 
 def reasoning_path(text: str) -> tuple[str, ...]:
@@ -40,7 +54,7 @@ def reasoning_path(text: str) -> tuple[str, ...]:
     annotations = _ANNOTATION.findall(text)
     if annotations:
         return tuple(a.replace(" ", "") for a in annotations)
-    equations = [f"{lhs}={rhs}".replace(" ", "") for lhs, rhs in _EQUATION.findall(text)]
+    equations = _equations(text)
     return tuple(equations) if equations else (" ".join(text.split()),)
 
 

@@ -17,7 +17,7 @@ import logging
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 
 from rtd_lab.utils import config_hash
 
@@ -26,16 +26,9 @@ RFT_CACHE_VERSION = 1  # bump when SAMPLE's or FILTER's output for the same conf
 
 
 def rft_key(cfg: DictConfig) -> str:
-    sample = OmegaConf.to_container(cfg.sample, resolve=True)
-    sample.pop("out_dir", None)
-    return config_hash(
-        {
-            "version": RFT_CACHE_VERSION,
-            "sample": sample,
-            "teacher": OmegaConf.to_container(cfg.teacher, resolve=True),
-            "benchmark": OmegaConf.to_container(cfg.data.benchmark, resolve=True),
-        }
-    )
+    from rtd_lab.traces.sample import sample_settings
+
+    return config_hash({"version": RFT_CACHE_VERSION, **sample_settings(cfg)})
 
 
 def rft_dataset(cfg: DictConfig) -> Path:

@@ -14,11 +14,18 @@ three), written to a temporary folder and renamed into ``chunks/`` only when com
 skips the chunks that exist, so an interrupted run continues where it stopped and produces exactly
 the dataset an uninterrupted one would; ``dataset/`` is assembled (atomically, too) only once
 every chunk is there, so a later stage never reads a partial result.
+
+Chunks are only ever reused by the settings that made them: ``sample.json`` holds the key of every
+setting that decides the rows (``sample.*`` but ``out_dir``, the benchmark, the teacher), written
+before the first chunk; a run with another key in the same ``out_dir`` is refused, naming the
+settings that differ, before anything is generated.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -30,9 +37,11 @@ from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
 from rtd_lab.data.datamodule import Collator, encode_example, move_batch
-from rtd_lab.utils import atomic_write_json, config_hash
+from rtd_lab.utils import atomic_write_json, config_hash, differing_fields
 
 log = logging.getLogger(__name__)
+SPLITS = ("train", "val", "test")
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")  # a teacher's name becomes a folder name: no "/" or ".."
 COLUMNS = ("uid", "question", "depth", "gold_answer", "teacher", "temperature", "sample_index", "seed", "completion")
 
 
@@ -114,12 +123,58 @@ def load_teacher(cfg: DictConfig, spec: TeacherSpec, benchmark):
     return teacher.model, tokenizer, info
 
 
+def sample_settings(cfg: DictConfig) -> dict:
+    """Everything that decides the sampled rows: ``sample.*`` but where they go, the benchmark, the teacher."""
+    sample = OmegaConf.to_container(cfg.sample, resolve=True)
+    sample.pop("out_dir", None)
+    return {
+        "sample": sample,
+        "teacher": OmegaConf.to_container(cfg.teacher, resolve=True),
+        "benchmark": OmegaConf.to_container(cfg.data.benchmark, resolve=True),
+    }
+
+
+def claim_out_dir(out: Path, settings: dict) -> str:
+    """Write (or check) ``sample.json``'s key: an ``out_dir`` resumes only the settings that made it."""
+    key = config_hash(settings)
+    manifest = out / "sample.json"
+    if manifest.exists():
+        old = json.loads(manifest.read_text())
+        if old.get("key") != key:
+            what = differing_fields(old.get("settings") or {}, settings) or "a sample.json without a settings key"
+            raise ValueError(
+                f"sample.out_dir={out} holds samples made with other settings ({what}); their chunks would be "
+                "returned as if made with these. Pass another sample.out_dir (or delete that folder)."
+            )
+        return key
+    if (out / "chunks").exists() and any((out / "chunks").iterdir()):
+        raise ValueError(f"sample.out_dir={out} holds chunks but no sample.json: settings unknown; use another folder")
+    atomic_write_json(manifest, {"key": key, "settings": settings})
+    return key
+
+
+def check_sample_settings(s) -> None:
+    """The ``sample.*`` settings that would otherwise fail late (KeyError, ZeroDivisionError)."""
+    if s.split not in SPLITS:
+        raise ValueError(f"sample.split must be one of {list(SPLITS)}, got {s.split!r}")
+    for name in ("chunk_questions", "n_samples", "batch_size"):
+        value = s.get(name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"sample.{name} must be an integer >= 1, got {value!r}")
+    if s.max_questions is not None and (not isinstance(s.max_questions, int) or s.max_questions < 1):
+        raise ValueError(f"sample.max_questions must be an integer >= 1 or null, got {s.max_questions!r}")
+    for t in s.teachers:
+        if not isinstance(t.get("name"), str) or not _NAME.fullmatch(t.get("name")):
+            raise ValueError(f"sample.teachers: name {t.get('name')!r} must be letters, digits, _ . - (a folder name)")
+
+
 def run_sample(cfg: DictConfig) -> Path:
     """The SAMPLE stage: returns the dataset folder."""
     import datasets
     import hydra
 
     s = cfg.sample
+    check_sample_settings(s)
     teachers = [TeacherSpec(**OmegaConf.to_container(t, resolve=True)) for t in s.teachers]
     temperatures = [float(t) for t in s.temperatures]
     if not teachers or not temperatures or s.n_samples < 1:
@@ -127,7 +182,9 @@ def run_sample(cfg: DictConfig) -> Path:
     if len({t.name for t in teachers}) != len(teachers):
         raise ValueError(f"sample.teachers: names must be unique, got {[t.name for t in teachers]}")
     out = Path(hydra.utils.to_absolute_path(s.out_dir))
-    (out / "chunks").mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    key = claim_out_dir(out, sample_settings(cfg))
+    (out / "chunks").mkdir(exist_ok=True)
     datamodule = hydra.utils.instantiate(cfg.data)
     benchmark = datamodule.benchmark
     examples = benchmark.splits()[s.split]
@@ -136,7 +193,7 @@ def run_sample(cfg: DictConfig) -> Path:
     n_chunks = -(-len(examples) // s.chunk_questions)
     atomic_write_json(
         out / "sample.json",
-        {"config": OmegaConf.to_container(s, resolve=True), "n_questions": len(examples), "n_chunks": n_chunks},
+        {"key": key, "settings": sample_settings(cfg), "n_questions": len(examples), "n_chunks": n_chunks},
     )
     names = []
     progress = tqdm(total=len(teachers) * len(temperatures) * n_chunks, desc="sample (chunks)")

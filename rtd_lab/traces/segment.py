@@ -21,7 +21,6 @@ hash of the teacher, the benchmark and its settings.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
@@ -33,7 +32,7 @@ from safetensors.torch import load_file, save_file
 
 from rtd_lab.data.datamodule import Collator, Encoded, move_batch
 from rtd_lab.prm import ProcessRewardModel, fit_scorer
-from rtd_lab.utils import atomic_write_json, atomic_write_text, build_once, config_hash
+from rtd_lab.utils import atomic_write_json, atomic_write_text, build_once, config_hash, verify_built
 
 log = logging.getLogger(__name__)
 SEGMENT_CACHE_VERSION = 2  # 2: decision threshold tuned for F1 on the training tokens
@@ -191,7 +190,7 @@ def load_or_train_segmenter(teacher_model, train, heldout, pad_id: int, cache_di
             return {"key": key, "n_features": clf.mean.numel(), "hidden": hidden, "report": asdict(report)}
 
         build_once(path, "segmenter.json", build)
-    meta = json.loads((path / "segmenter.json").read_text())
+    meta = verify_built(path, "segmenter.json", "cached boundary classifier")
     clf = BoundaryClassifier(meta["n_features"], meta["hidden"])
     clf.load_state_dict(load_file(str(path / "segmenter.safetensors")))
     clf.eval()

@@ -33,7 +33,11 @@ def completion_to_steps(text: str, fmt: TraceFormat, parse) -> tuple[tuple[Step,
     if marker not in text:
         return None
     body = text.split(marker, 1)[0]
-    texts = [t.strip() for t in body.split(fmt.step_sep.strip())]
+    sep = fmt.step_sep.strip()
+    if sep:
+        texts = [t.strip() for t in body.split(sep)]
+    else:  # a whitespace separator (GSM8K's newline): stripped it would be "", and blank lines are not steps
+        texts = [t.strip() for t in body.split(fmt.step_sep) if t.strip()]
     values, answer = parse(text)
     if not texts or any(not t for t in texts) or answer is None or len(values) != len(texts) or None in values:
         return None

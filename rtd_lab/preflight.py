@@ -1,0 +1,203 @@
+"""Checks of the whole config before any data, model or cache is built.
+
+A wrong value must fail in the first second, naming its field, not after a teacher has trained for
+minutes (or, worse, train to the end: ``method.temperature=nan`` once trained 2,000 steps of NaN
+losses). ``check_config`` runs first in every task and checks
+
+1. every number is finite (NaN and infinities are never a meaningful setting here);
+2. every node with a ``_target_`` against the signature it will be called with: unknown fields, and
+   values whose type the signature's annotation rules out (``method.temperature=abc``);
+3. the settings that would otherwise fail late or silently: the learning-rate schedule's ratios, the
+   trainer's step counts and intervals, ``sample.*``, a missing ``teacher.pretrained`` folder.
+
+Range checks that need a built object (e.g. a student layer index) stay in the object.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import math
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from hydra.utils import get_object
+from omegaconf import DictConfig, OmegaConf
+
+# Keys of a _target_ node that the framework consumes before instantiating it.
+CONSUMED = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_", "name"}
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Raise ValueError naming the first bad field of ``cfg`` (resolved, without Hydra's own node)."""
+    config = OmegaConf.to_container(cfg, resolve=True)
+    config.pop("hydra", None)
+    check_finite(config)
+    for path, node in target_nodes(config):
+        check_target(path, node)
+    check_known(cfg)
+
+
+def check_finite(node: Any, path: str = "") -> None:
+    if isinstance(node, float) and not math.isfinite(node):
+        raise ValueError(f"{path} must be a finite number, got {node}")
+    if isinstance(node, Mapping):
+        for k, v in node.items():
+            check_finite(v, f"{path}.{k}" if path else str(k))
+    elif isinstance(node, list | tuple):
+        for i, v in enumerate(node):
+            check_finite(v, f"{path}[{i}]")
+
+
+def target_nodes(node: Any, path: str = "") -> typing.Iterator[tuple[str, dict]]:
+    if isinstance(node, Mapping):
+        if "_target_" in node:
+            yield path, node
+        for k, v in node.items():
+            yield from target_nodes(v, f"{path}.{k}" if path else str(k))
+
+
+def _signature(target: Any) -> tuple[dict[str, Any], set[str], bool]:
+    """(annotations, parameter names, open): ``open`` when unknown keywords cannot be ruled out."""
+    settings = getattr(target, "SETTINGS", None)  # a class configured by a dataclass: check its fields
+    if settings is not None:
+        return typing.get_type_hints(settings), {f.name for f in dataclasses.fields(settings)}, False
+    if inspect.isclass(target) and target.__module__.startswith("rtd_lab."):
+        # Ours pass **kwargs on to the parent class: the settings are the union along the MRO. (Others'
+        # **kwargs may go anywhere, e.g. DDPStrategy's to DistributedDataParallel: left open.)
+        hints, names = {}, set()
+        for cls in inspect.getmro(target):
+            if "__init__" not in vars(cls):
+                continue
+            h, n, more = _function_signature(vars(cls)["__init__"])
+            hints, names = {**h, **hints}, names | n
+            if not more:
+                return hints, names, False
+        return hints, names, True
+    return _function_signature(target.__init__ if inspect.isclass(target) else target)
+
+
+def _function_signature(fn: Any) -> tuple[dict[str, Any], set[str], bool]:
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return {}, set(), True
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:  # a third-party annotation that only resolves under TYPE_CHECKING: check names only
+        hints = {}
+    names = {n for n, p in params.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    open_ = any(p.kind == p.VAR_KEYWORD for p in params.values())
+    return hints, names, open_
+
+
+def check_target(path: str, node: dict) -> None:
+    try:
+        target = get_object(node["_target_"])
+    except Exception as err:
+        raise ValueError(f"{path}._target_: cannot import {node['_target_']!r} ({err})") from err
+    hints, names, open_ = _signature(target)
+    for key, value in node.items():
+        if key in CONSUMED:
+            continue
+        field = f"{path}.{key}" if path else key
+        if key not in names:
+            if not open_:
+                raise ValueError(f"{field} is not a setting of {node['_target_']} (its settings: {sorted(names)})")
+            continue
+        if key in hints and _matches(value, hints[key]) is False:
+            raise ValueError(f"{field} must be {_describe(hints[key])}, got {value!r} ({type(value).__name__})")
+
+
+def _matches(value: Any, hint: Any) -> bool | None:
+    """Whether ``value`` fits ``hint``; None when the annotation is beyond this check."""
+    if hint is Any:
+        return True
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        verdicts = [_matches(value, a) for a in args]
+        return True if True in verdicts else (None if None in verdicts else False)
+    if origin is typing.Literal:
+        return value in args
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    container = origin or hint
+    if container in (list, tuple, Sequence) or (inspect.isclass(container) and container is typing.Sequence):
+        return isinstance(value, list | tuple)
+    if container in (dict, Mapping):
+        return isinstance(value, Mapping)
+    return None
+
+
+def _describe(hint: Any) -> str:
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "null"}
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(hint))
+    if typing.get_origin(hint) is typing.Literal:
+        return f"one of {list(typing.get_args(hint))}"
+    return names.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def _int_at_least(value: Any, low: int, field: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{field} must be an integer >= {low}, got {value!r}")
+
+
+def check_known(cfg: DictConfig) -> None:
+    """The settings named by the fault probes: each failed late, silently or without its field."""
+    task = cfg.get("task", "train")
+    scheduler = OmegaConf.select(cfg, "optim.scheduler") or {}
+    for name, low, high, closed in (
+        ("warmup_ratio", 0, 1, False),
+        ("decay_ratio", 0, 1, True),
+        ("min_lr_ratio", 0, 1, True),
+    ):
+        if name in scheduler:
+            v = scheduler[name]
+            if (
+                not isinstance(v, int | float)
+                or isinstance(v, bool)
+                or not (low <= v <= high if closed else low <= v < high)
+            ):
+                raise ValueError(f"optim.scheduler.{name} must be in [{low}, {high}{']' if closed else ')'}, got {v!r}")
+    trainer = cfg.get("trainer") or {}
+    if task == "train" and "max_steps" in trainer:
+        # Training is counted in steps; Lightning reads -1 as "no limit" (1,000 epochs by default).
+        _int_at_least(trainer.max_steps, 1, "trainer.max_steps")
+    interval = trainer.get("val_check_interval")
+    if interval is not None:
+        if isinstance(interval, bool) or not isinstance(interval, int | float) or interval <= 0:
+            raise ValueError(
+                f"trainer.val_check_interval must be > 0 (steps, or a fraction of an epoch), got {interval!r}"
+            )
+        if isinstance(interval, float) and interval > 1:
+            raise ValueError(f"trainer.val_check_interval as a fraction of an epoch must be <= 1, got {interval}")
+    if task == "sample" or OmegaConf.select(cfg, "data.trace_source") == "rft":
+        from rtd_lab.traces.sample import check_sample_settings
+
+        check_sample_settings(cfg.sample)
+    for who in ("teacher", "student"):
+        check_pretrained(OmegaConf.select(cfg, f"{who}.pretrained"), f"{who}.pretrained")
+
+
+def check_pretrained(value: Any, field: str) -> None:
+    """A hub id is ``name`` or ``org/name``; anything else that looks like a path must exist."""
+    if value is None:
+        return
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{field} must be a hub id or a local folder, got {value!r}")
+    looks_local = value.startswith(("/", "./", "../", "~")) or value.count("/") > 1 or "\\" in value
+    path = Path(value).expanduser()
+    if looks_local and not path.is_dir():
+        raise ValueError(f"{field}={value}: no such directory")
