@@ -228,10 +228,9 @@ def test_non_finite_weights_are_refused():
 
 
 def test_a_non_finite_loss_stops_training_at_once():
+    from rtd_lab.data.tokenizer import build_synthetic_tokenizer
     from rtd_lab.methods.cot_ft import CoTFineTune
     from tests.test_methods import tiny_lm
-
-    from rtd_lab.data.tokenizer import build_synthetic_tokenizer
 
     tok = build_synthetic_tokenizer(11)
     module = CoTFineTune(tiny_lm(tok))
