@@ -345,3 +345,16 @@ def test_metrics_logged_before_a_checkpoint_survive_a_kill(tmp_path):
     )  # fmt: skip
     assert proc.returncode == -signal.SIGKILL
     assert max(logged(tmp_path / "run", "train/loss")) >= 4  # written with the step-5 checkpoint
+
+
+def test_written_files_follow_the_umask(tmp_path):
+    import os
+
+    from rtd_lab.utils import atomic_write_json
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_json(tmp_path / "results.json", {"a": 1})
+        assert (tmp_path / "results.json").stat().st_mode & 0o777 == 0o644  # group and others can read
+    finally:
+        os.umask(old)
