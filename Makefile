@@ -31,6 +31,7 @@ test-slow: install
 bench: install
 	$(BIN)/python benchmarks/sampling.py
 	$(BIN)/python benchmarks/step_time.py
+	$(BIN)/python benchmarks/parsing.py
 
 lint: install
 	$(BIN)/ruff check rtd_lab tests benchmarks
