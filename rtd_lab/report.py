@@ -99,10 +99,21 @@ def _read_job(job: Path, runs: list[dict], missing: list[str]) -> None:
     runs.append(r)
 
 
-def read_sweep(sweep_dir: Path) -> tuple[list[dict], list[str]]:
+def _jobs(sweep_dir: Path) -> list[Path]:
+    return sorted((p for p in sweep_dir.iterdir() if p.is_dir() and (p / ".hydra").exists()), key=_job_order)
+
+
+def job_overrides(sweep_dir: Path) -> list[list[str]]:
+    """The command-line overrides of every job folder of a sweep (none for a single run's folder)."""
+    return [] if (sweep_dir / ".hydra").exists() else [_overrides(job) for job in _jobs(sweep_dir)]
+
+
+def read_sweep(sweep_dir: Path, seen_elsewhere: list[list[str]] = ()) -> tuple[list[dict], list[str]]:
     """(finished runs with their per-question predictions, names of missing/failed/unreadable jobs).
 
-    ``sweep_dir`` is a multirun folder (its job folders hold ``.hydra/``) or a single run's folder.
+    ``sweep_dir`` is a multirun folder (its job folders hold ``.hydra/``) or a single run's folder. A
+    job the sweep defines counts as never started unless a job folder here or in ``seen_elsewhere``
+    (the other sweeps of one report: a sweep finished in parts) ran its parameters.
     """
     runs: list[dict] = []
     missing: list[str] = []
@@ -110,14 +121,14 @@ def read_sweep(sweep_dir: Path) -> tuple[list[dict], list[str]]:
         _read_job(sweep_dir, runs, missing)
         return runs, missing
     seen = []
-    for job in sorted((p for p in sweep_dir.iterdir() if p.is_dir() and (p / ".hydra").exists()), key=_job_order):
+    for job in _jobs(sweep_dir):
         seen.append(_overrides(job))
         _read_job(job, runs, missing)
     expected = expected_jobs(sweep_dir)
     if expected:
         for combo in expected:
             wanted = {f"{k}={v}" for k, v in combo.items()}
-            if not any(wanted <= set(o) for o in seen):
+            if not any(wanted <= set(o) for o in [*seen, *seen_elsewhere]):
                 missing.append(f"{sweep_dir}: never started: " + " ".join(sorted(wanted)))
     return runs, missing
 
@@ -524,8 +535,9 @@ def run_report(cfg) -> dict:
     out = Path(hydra.utils.to_absolute_path(r.out_dir)) if r.get("out_dir") else sweeps[0]
     out.mkdir(parents=True, exist_ok=True)
     runs, missing = [], []
+    ran = {sweep: job_overrides(sweep) for sweep in sweeps}
     for sweep in sweeps:
-        found, lost = read_sweep(sweep)
+        found, lost = read_sweep(sweep, [o for other in sweeps if other != sweep for o in ran[other]])
         runs += found
         missing += lost
     rep = build_report(runs, missing, r.get("baseline", "standard_kd"), r.get("n_bootstrap", 10_000))

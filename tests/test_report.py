@@ -6,6 +6,7 @@ import json
 import shutil
 
 import pytest
+import yaml
 from scipy import stats
 
 from rtd_lab.report import build_report, expected_jobs, group_arms, read_sweep
@@ -155,3 +156,20 @@ def test_corrupt_results_are_named_and_skipped(tmp_path):
     assert len(runs) == 1 and len(missing) == 2
     assert all("results.json unreadable" in m for m in missing)
     assert {m.split(":")[0] for m in missing} == {str(tmp_path / "1"), str(tmp_path / "2")}
+
+
+def test_a_sweep_finished_in_another_folder_is_not_missing(tmp_path):
+    from rtd_lab.report import job_overrides
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    params = {"hydra": {"sweeper": {"params": {"+experiment@_global_": "standard_kd,cot_ft", "seed": "0"}}}}
+    first.mkdir()
+    (first / "multirun.yaml").write_text(yaml.safe_dump(params))
+    for folder, method in ((first / "0", "standard_kd"), (second / "0", "cot_ft")):
+        (folder / ".hydra").mkdir(parents=True)
+        (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"+experiment@_global_={method}", "seed=0"]))
+        (folder / "results.json").write_text(json.dumps(_run(method, 0, 0.5)))
+    _, alone = read_sweep(first)
+    assert alone == [f"{first}: never started: +experiment@_global_=cot_ft seed=0"]
+    runs, missing = read_sweep(first, job_overrides(second))
+    assert len(runs) == 1 and missing == []
