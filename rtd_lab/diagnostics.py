@@ -1,4 +1,4 @@
-"""Seed 001's diagnostics, computed on the test split after training (``diagnostics:`` in the config).
+"""The RTD paper's diagnostics, computed on the test split after training (``diagnostics:`` in the config).
 
 - **Coherence drift**: linear CKA (Kornblith et al. 2019) between the student's and the teacher's
   hidden states at the boundary of step 1, 2, 3, ... of the gold test traces, over chains of one

@@ -2,7 +2,7 @@
 
 Shapes: B batch, T tokens, V vocabulary, K step boundaries (the longest chain in the batch),
 D hidden width. Boundary tensors are padded to K; ``mask`` says which boundaries are real, so a
-short chain's padding never counts. Equations are those of seed 001 (Reasoning Trace Distillation).
+short chain's padding never counts. Equations are those of the RTD paper (Reasoning Trace Distillation).
 """
 
 from __future__ import annotations
@@ -204,7 +204,7 @@ def _per_chain_mean(per_boundary: torch.Tensor, mask: torch.Tensor, count_fn=Non
 
 
 def align_loss(h_s_proj: torch.Tensor, h_t: torch.Tensor, mask: torch.Tensor, count_fn=None) -> torch.Tensor:
-    """Step-boundary representation alignment (seed 001):
+    """Step-boundary representation alignment (the RTD paper):
 
         L_align = (1/k) * sum_i (1 - cos(f(h_S_i), h_T_i))
 
@@ -222,7 +222,7 @@ def align_loss(h_s_proj: torch.Tensor, h_t: torch.Tensor, mask: torch.Tensor, co
 def coherence_loss(
     delta_s_proj: torch.Tensor, delta_t: torch.Tensor, mask: torch.Tensor, count_fn=None
 ) -> torch.Tensor:
-    """Reasoning coherence loss (seed 001), on step transition vectors delta_i = h_{i+1} - h_i:
+    """Reasoning coherence loss (the RTD paper), on step transition vectors delta_i = h_{i+1} - h_i:
 
         L_coherence = (1/(k-1)) * sum_i (1 - cos(g(delta_S_i), delta_T_i))^2
 

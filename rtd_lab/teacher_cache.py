@@ -1,6 +1,6 @@
 """The offline teacher cache: one teacher pass over the training set, reused by every run of a sweep.
 
-Seed 001 prices RTD at ~60 % more training time than standard KD, most of it the teacher's forward
+The RTD paper prices RTD at ~60 % more training time than standard KD, most of it the teacher's forward
 pass in every step. The teacher is frozen, so its outputs on the (fixed) training traces can be
 computed once and read back:
 

@@ -323,7 +323,7 @@ def prepare(cfg: DictConfig, out_dir: Path | None = None) -> Prepared:
         datamodule.use_train_traces(examples)
         timings["teacher_traces"] = round(time.time() - t_traces, 1)
     segmenter_info = None
-    if datamodule.boundaries == "learned":  # seed 001's boundary classifier on teacher hidden states
+    if datamodule.boundaries == "learned":  # the RTD paper's boundary classifier on teacher hidden states
         segmenter_info = apply_learned_boundaries(
             datamodule,
             teacher.model,

@@ -1,4 +1,4 @@
-"""Seed 001's diagnostics: CKA against the reference values, torchmetrics AUROC, a full run's report."""
+"""The RTD paper's diagnostics: CKA against the reference values, torchmetrics AUROC, a full run's report."""
 
 from __future__ import annotations
 

@@ -199,7 +199,7 @@ class ReasoningDataModule(L.LightningDataModule):
         self.boundaries = boundaries
         if max_train_examples is not None and max_train_examples < 1:
             raise ValueError(f"data.max_train_examples must be >= 1 or null, got {max_train_examples}")
-        # Compare training sets at equal size (seed 000's table): a subset of this many training
+        # Compare training sets at equal size (the RFT paper's table): a subset of this many training
         # examples, drawn with a fixed seed (not the run's), so every run of a sweep sees the same one.
         self.max_train_examples = max_train_examples
         self.seed = seed

@@ -29,7 +29,7 @@ class TraceFormat:
         """Return ``(prompt, completion, step_ends)``.
 
         ``step_ends[i]`` is the offset, in ``prompt + completion``, of the last character of step i.
-        ``with_trace=False`` gives the answer alone (seed 000's "SFT on gold answers"), no steps.
+        ``with_trace=False`` gives the answer alone (the RFT paper's "SFT on gold answers"), no steps.
         """
         prompt = ex.question + self.prompt_suffix
         if not with_trace:

@@ -1,4 +1,4 @@
-"""Loaders for seed 001's other benchmarks — MATH, StrategyQA, ARC-Challenge — from a local file in
+"""Loaders for the RTD paper's other benchmarks — MATH, StrategyQA, ARC-Challenge — from a local file in
 the dataset's published format, or from a hub id through ``datasets``. Each record becomes a
 ``ReasoningExample``; malformed records raise an error naming the file and line (or record index),
 or are skipped and counted with ``on_error="skip"``.

@@ -1,4 +1,4 @@
-"""Chain-of-thought fine-tuning: cross-entropy on question → trace + answer (seed 000, FINE-TUNE).
+"""Chain-of-thought fine-tuning: cross-entropy on question → trace + answer (the RFT paper, FINE-TUNE).
 
     L = CE(p_S, y) over trace, answer and <eos> tokens (labels != -100)
 

@@ -1,4 +1,4 @@
-"""FitNets-style intermediate KD (seed 001 baseline): logit KD plus layer hints at every token.
+"""FitNets-style intermediate KD (a baseline of the RTD paper): logit KD plus layer hints at every token.
 
     L = L_KD + w_hint * (1/m) * sum_j MSE(W_j h_S^{s_j}, h_T^{t_j})
 

@@ -1,4 +1,4 @@
-"""Reasoning Trace Distillation (seed 001).
+"""Reasoning Trace Distillation (the RTD paper).
 
     L_RTD = L_KD + w_align * L_align + w_coherence * L_coherence        (paper: 0.3, 0.5)
 

@@ -1,4 +1,4 @@
-"""SFT on gold final answers only, no trace (seed 000's first row): the floor that traces must beat.
+"""SFT on gold final answers only, no trace (the RFT paper's first row): the floor that traces must beat.
 
     L = CE(p_S, y) over the answer tokens of "question : #### answer <eos>"
 

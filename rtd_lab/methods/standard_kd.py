@@ -1,4 +1,4 @@
-"""Standard knowledge distillation (seed 001 baseline): logit matching at T = 4.0, alpha = 0.7.
+"""Standard knowledge distillation (a baseline of the RTD paper): logit matching at T = 4.0, alpha = 0.7.
 
     L = alpha * T^2 * KL(p_T || p_S) + (1 - alpha) * CE      on trace/answer tokens
 

@@ -1,4 +1,4 @@
-"""Step-level reward distillation (seed 001 baseline): the student trained with per-step feedback
+"""Step-level reward distillation (a baseline of the RTD paper): the student trained with per-step feedback
 from a process reward model (PRM).
 
 Each training step, for the batch's questions x:

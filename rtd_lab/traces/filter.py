@@ -1,4 +1,4 @@
-"""FILTER (seed 000): keep a sampled trace when its final answer equals the gold answer
+"""FILTER (the RFT paper): keep a sampled trace when its final answer equals the gold answer
 (rejection sampling), drop repeated reasoning paths, and report acceptance rates.
 
     python -m rtd_lab task=filter                                   # the SAMPLE output of sample.out_dir
@@ -61,7 +61,7 @@ def reasoning_path(text: str) -> tuple[str, ...]:
 def verify_steps(rows: list[dict], benchmark) -> None:
     """Set ``steps_correct`` on every row where the benchmark has one correct path per question.
 
-    Answer filtering cannot see a trace that reaches the gold answer through a wrong step (seed 000:
+    Answer filtering cannot see a trace that reaches the gold answer through a wrong step (the RFT paper:
     "trace hallucination propagates"); on such a benchmark FILTER counts them.
     """
     if not getattr(benchmark, "unique_paths", False):

@@ -1,4 +1,4 @@
-"""Seed 000's whole pipeline inside a training run: ``data.trace_source=rft``.
+"""The RFT paper's whole pipeline inside a training run: ``data.trace_source=rft``.
 
     python -m rtd_lab +experiment=cot_ft data.trace_source=rft sample.temperatures=[1.0]
 

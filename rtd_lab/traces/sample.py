@@ -1,4 +1,4 @@
-"""SAMPLE (seed 000): N traces per question from one or more teachers at one or more temperatures.
+"""SAMPLE (the RFT paper): N traces per question from one or more teachers at one or more temperatures.
 
     python -m rtd_lab task=sample sample.temperatures=[0.7,1.0] sample.n_samples=4
 

@@ -1,4 +1,4 @@
-"""SEGMENT (seed 001's teacher reasoning decomposition): where does each step of a trace conclude?
+"""SEGMENT (the RTD paper's teacher reasoning decomposition): where does each step of a trace conclude?
 
 Rule-based segmenters map a completion's text to the character offsets at which steps end:
 
@@ -7,7 +7,7 @@ Rule-based segmenters map a completion's text to the character offsets at which 
     sentences    a step ends at . ! ? followed by a space or the end (decimals are not sentence ends)
     separators   the benchmark's own step separator and answer marker (" ; ", " #### ")
 
-The learned segmenter (seed 001: a lightweight classifier on teacher hidden states, 94.1 % F1) is
+The learned segmenter (the RTD paper: a lightweight classifier on teacher hidden states, 94.1 % F1) is
 ``BoundaryClassifier``: for every completion token, the frozen teacher's hidden states at that
 token (every layer, concatenated), standardised, go through a small MLP that outputs P(a step
 concludes here). It is trained, with class-balanced BCE, where gold boundaries are known — the

@@ -1,4 +1,4 @@
-"""Teacher-generated training traces (``data.trace_source=teacher``): seed 001's CoT fine-tuning
+"""Teacher-generated training traces (``data.trace_source=teacher``): the RTD paper's CoT fine-tuning
 baseline trains the student on the teacher's traces rather than on gold ones.
 
 The teacher answers every training question greedily (batched, with the KV cache); its completion
