@@ -4,7 +4,8 @@
     python experiments/calibration/teachers.py multirun/<date>/<time>
 
 Reads every job's ``teacher_results.json`` (written by ``task=teacher``) and prints one markdown row
-per teacher: seed, order family, steps trained (until learned + the decay), chain accuracy by depth.
+per teacher: seed, order family, the step its validation chain accuracy reached the target, steps
+trained (until learned + the decay), chain accuracy by depth.
 The bar of the calibration study: >= 0.99 at every depth for every row.
 """
 
@@ -25,7 +26,8 @@ def rows(sweep_dir: Path) -> list[str]:
         ok = "yes" if min(accs) >= 0.99 else "**no**"
         cells = " | ".join(f"{a:.3f}" for a in accs)
         out.append(
-            f"| {train['seed']} | {train['order_family']} | {r['teacher'].get('steps', '?')} | {cells} | "
+            f"| {train['seed']} | {train['order_family']} | {r['teacher'].get('decay_start', '?')} | "
+            f"{r['teacher'].get('steps', '?')} | {cells} | "
             f"{m['chain_acc']:.3f} | {ok} |"
         )
     return out
@@ -35,8 +37,9 @@ def main() -> None:
     sweep = Path(sys.argv[1])
     first = json.loads(next(sweep.glob("*/teacher_results.json")).read_text())
     depths = first["depths"]
-    print(f"| teacher seed | order family | steps | {' | '.join(f'depth {d}' for d in depths)} | all | >= 0.99 everywhere |")
-    print("|---|---|---|" + "---|" * len(depths) + "---|---|")
+    head = " | ".join(f"depth {d}" for d in depths)
+    print(f"| teacher seed | order family | learned at step | steps | {head} | all | >= 0.99 everywhere |")
+    print("|---|---|---|---|" + "---|" * len(depths) + "---|---|")
     print("\n".join(rows(sweep)))
 
 
