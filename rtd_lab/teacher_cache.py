@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rtd_lab.utils import atomic_write_json, config_hash
+from rtd_lab.utils import atomic_write_json, config_hash, sha256_file
 
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
@@ -85,14 +85,6 @@ def teacher_identity(teacher_info: dict, model) -> dict:
 
 def cache_key(identity: dict, fingerprint: str, spec: CacheSpec) -> str:
     return config_hash({"version": CACHE_VERSION, "teacher": identity, "data": fingerprint, "spec": spec.__dict__})
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ---- building -----------------------------------------------------------------------------------
@@ -184,7 +176,7 @@ def build_cache(
             rows = _teacher_rows(model, encoded[start:end], spec, batch_size, pad_id, device)
             _write_shard(folder, rows, spec, vocab)
             log.info("teacher cache: shard %d (examples %d-%d) written", n, start, end)
-        files = {f.name: {"bytes": f.stat().st_size, "sha256": _sha256(f)} for f in sorted(folder.glob("*.npy"))}
+        files = {f.name: {"bytes": f.stat().st_size, "sha256": sha256_file(f)} for f in sorted(folder.glob("*.npy"))}
         shards.append({"dir": folder.name, "start": start, "end": end, "files": files})
     n_tokens = sum(len(x.input_ids) - x.prompt_len for x in encoded)
     total = sum(f["bytes"] for s in shards for f in s["files"].values())
@@ -259,7 +251,7 @@ def verify(path: Path, fingerprint: str, encoded: list, level: str = "hash") -> 
                 return None, f"{f}: missing"
             if f.stat().st_size != info["bytes"]:
                 return None, f"{f}: {f.stat().st_size} bytes, the manifest says {info['bytes']} (truncated?)"
-            if level == "hash" and _sha256(f) != info["sha256"]:
+            if level == "hash" and sha256_file(f) != info["sha256"]:
                 return None, f"{f}: SHA-256 differs from the manifest (corrupted)"
         offsets = np.load(path / shard["dir"] / "offsets_pos.npy")
         expected = [len(x.input_ids) - x.prompt_len for x in encoded[shard["start"] : shard["end"]]]
