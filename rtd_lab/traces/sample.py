@@ -183,7 +183,8 @@ def run_sample(cfg: DictConfig) -> Path:
         raise ValueError(f"sample.teachers: names must be unique, got {[t.name for t in teachers]}")
     out = Path(hydra.utils.to_absolute_path(s.out_dir))
     out.mkdir(parents=True, exist_ok=True)
-    key = claim_out_dir(out, sample_settings(cfg))
+    settings = sample_settings(cfg)
+    key = claim_out_dir(out, settings)
     (out / "chunks").mkdir(exist_ok=True)
     datamodule = hydra.utils.instantiate(cfg.data)
     benchmark = datamodule.benchmark
@@ -193,7 +194,7 @@ def run_sample(cfg: DictConfig) -> Path:
     n_chunks = -(-len(examples) // s.chunk_questions)
     atomic_write_json(
         out / "sample.json",
-        {"key": key, "settings": sample_settings(cfg), "n_questions": len(examples), "n_chunks": n_chunks},
+        {"key": key, "settings": settings, "n_questions": len(examples), "n_chunks": n_chunks},
     )
     names = []
     progress = tqdm(total=len(teachers) * len(temperatures) * n_chunks, desc="sample (chunks)")
