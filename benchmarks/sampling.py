@@ -26,8 +26,9 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import open_dict
 
+from rtd_lab.models.provision import prepare_teacher
+from rtd_lab.tasks.settings import build_context, teacher_settings
 from rtd_lab.traces.sample import sample_chunk
-from rtd_lab.train import prepare_teacher
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,7 +61,7 @@ def main() -> None:
         cfg.paths.cache_dir = os.environ.get("RTD_LAB_CACHE", str(ROOT / ".cache" / "rtd_lab"))
         cfg.paths.output_dir = str(Path(args.out) / "_run")
     benchmark = instantiate(cfg.data).benchmark
-    teacher, tokenizer, _ = prepare_teacher(cfg, benchmark)
+    teacher, tokenizer, _ = prepare_teacher(teacher_settings(cfg.teacher), build_context(cfg), benchmark)
     model = teacher.model.to(args.device)
     train = benchmark.splits()["train"]
     questions = train[:: len(train) // args.questions][: args.questions]  # every depth

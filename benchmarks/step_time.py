@@ -44,9 +44,10 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
 from torch.utils.data import DataLoader
 
+from rtd_lab.models.provision import prepare_student, prepare_teacher
 from rtd_lab.optim import warmup_cosine
-from rtd_lab.teacher_cache import CacheSpec, prepare_teacher_cache, teacher_identity
-from rtd_lab.train import prepare_student, prepare_teacher
+from rtd_lab.tasks.settings import build_context, student_settings, teacher_settings
+from rtd_lab.teacher_cache import CacheSpec, TeacherCacheSettings, prepare_teacher_cache, teacher_identity
 from rtd_lab.utils import retain_freed_memory
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,12 +59,12 @@ def build(experiment: str, cache_dir: str):
     with open_dict(cfg):
         cfg.paths.cache_dir, cfg.paths.output_dir = cache_dir, str(ROOT / "benchmarks" / "results" / "_run")
     dm = instantiate(cfg.data)
-    teacher, tokenizer, info = prepare_teacher(cfg, dm.benchmark)
+    ctx = build_context(cfg)
+    teacher, tokenizer, info = prepare_teacher(teacher_settings(cfg.teacher), ctx, dm.benchmark)
     L.seed_everything(0)
-    student = prepare_student(cfg, tokenizer, teacher)
+    student = prepare_student(student_settings(cfg.student), ctx, tokenizer, teacher, 0)
     dm.connect(tokenizer)
     method = OmegaConf.to_container(cfg.method, resolve=True)
-    method.pop("name")
     module = instantiate(
         method,
         student=student,
@@ -78,10 +79,8 @@ def build(experiment: str, cache_dir: str):
 
 def cached_batches(cfg, dm, module, steps: int) -> tuple[list[dict], dict]:
     """The same batches as the online contenders, carrying the cached teacher outputs; the cache's stats."""
-    settings = OmegaConf.to_container(cfg.teacher_cache, resolve=True)
-    spec = CacheSpec(
-        top_k=settings["top_k"], layer=module.teacher.layer, dtype=settings["dtype"], **module.cache_request()
-    )
+    settings = TeacherCacheSettings(**OmegaConf.to_container(cfg.teacher_cache, resolve=True))
+    spec = CacheSpec(top_k=settings.top_k, layer=module.teacher.layer, dtype=settings.dtype, **module.cache_request())
     dm.setup()
     cache = prepare_teacher_cache(
         settings,

@@ -13,47 +13,24 @@ from omegaconf import DictConfig
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 
-TASKS = ("train", "teacher", "sample", "filter", "segment", "cache", "report")
-
 
 def run(cfg: DictConfig) -> dict:
+    """The task ``cfg.task`` names, after every config error has been reported."""
+    from rtd_lab.tasks import TASKS, task_function
+
     if cfg.task not in TASKS:
         raise ValueError(f"task={cfg.task!r} is not one of {list(TASKS)}")
-    from rtd_lab.preflight import check_config
+    from rtd_lab.tasks.preflight import check_config
 
     check_config(cfg)  # every config error before any data, model or cache is built
     if cfg.retain_freed_memory:
         from rtd_lab.utils import retain_freed_memory
 
         retain_freed_memory()
-    # heavy imports after Hydra has parsed the command line
-    if cfg.task == "sample":
-        from rtd_lab.traces.sample import run_sample
-
-        return {"dataset": str(run_sample(cfg))}
-    if cfg.task == "filter":
-        from rtd_lab.traces.filter import run_filter
-
-        return {"dataset": str(run_filter(cfg))}
-    if cfg.task == "report":
-        from rtd_lab.report import run_report
-
-        return run_report(cfg)
-    if cfg.task == "cache":
-        from rtd_lab.train import run_cache
-
-        return run_cache(cfg)
-    if cfg.task == "teacher":
-        from rtd_lab.train import run_teacher
-
-        return run_teacher(cfg)
-    if cfg.task == "segment":
-        from rtd_lab.traces.segment import run_segment
-
-        return run_segment(cfg)
-    from rtd_lab.train import train
-
-    return train(cfg)
+    result = task_function(cfg.task)(cfg)
+    if cfg.task in ("sample", "filter"):
+        return {"dataset": str(result)}
+    return result
 
 
 def check_sweep_mode() -> None:

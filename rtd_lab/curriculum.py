@@ -45,7 +45,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from rtd_lab.data.datamodule import move_batch
+from rtd_lab.data.batch import move_batch
 from rtd_lab.losses import align_loss, coherence_loss, mean_direction_baseline, other_chain_baseline, transitions
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,11 @@ class StageRecord:
 
 
 class DepthCurriculum(Callback):
+    @classmethod
+    def check_settings(cls, settings: dict) -> None:
+        """The constructor's checks, before any data or model is built (``rtd_lab.tasks.preflight``)."""
+        cls(**settings)
+
     def __init__(
         self,
         stages: list[int] | None = None,

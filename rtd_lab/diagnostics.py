@@ -2,14 +2,13 @@
 
 - **Coherence drift**: linear CKA (Kornblith et al. 2019) between the student's and the teacher's
   hidden states at the boundary of step 1, 2, 3, ... of the gold test traces, over chains of one
-  depth (the deepest for the curve; seed: 0.89 → 0.58 over four steps for standard KD). Biased and
-  debiased (Song et al. 2012's unbiased HSIC).
+  depth (the deepest for the curve). Biased and debiased (Song et al. 2012's unbiased HSIC).
 - **Transition-cosine AUROC**: on the student's own greedy traces, the cosine between the projected
   student transition and the teacher's, cos(W δ_S_i, δ_T_i) with δ_i = h_i − h_{i−1} (h_0: the last
   prompt token), as a score for "step i is correct"; AUROC over every step of the test set
-  (torchmetrics' ``BinaryAUROC``; seed: 0.83). W is RTD's learned g where the method has one, else a
+  (torchmetrics' ``BinaryAUROC``). W is RTD's learned g where the method has one, else a
   least-squares map fitted on the gold validation traces.
-- **Step vs chain accuracy gap** by depth (seed: 90.4 % step vs 52.6 % chain).
+- **Step vs chain accuracy gap** by depth.
 - **Self-consistency** (Wang et al. 2023): k sampled student traces, majority vote on the answer.
 - **Post-training quantisation**: the student evaluated again after int8 dynamic quantisation of its
   linear layers (CPU); 4-bit needs a GPU and bitsandbytes and is reported as skipped otherwise.
@@ -20,7 +19,7 @@ from __future__ import annotations
 import copy
 import logging
 from collections import Counter
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +28,7 @@ from torchmetrics import Metric
 from torchmetrics.classification import BinaryAUROC
 from torchmetrics.utilities import dim_zero_cat
 
-from rtd_lab.data.datamodule import Collator, encode_example, move_batch
+from rtd_lab.data.batch import Collator, encode_example, move_batch
 from rtd_lab.data.example import ReasoningExample
 from rtd_lab.losses import gather_boundaries
 from rtd_lab.traces.teacher import completion_to_steps
@@ -164,8 +163,9 @@ def transition_auroc(
     benchmark, tokenizer = datamodule.benchmark, datamodule.tokenizer
     fmt, pad = benchmark.format, tokenizer.pad_token_id
     student = module.student
-    if hasattr(module, "g"):  # RTD: the map its coherence loss learned
-        proj, how = copy.deepcopy(module.g).cpu().float(), "the method's learned g"
+    learned = module.transition_projection()
+    if learned is not None:  # RTD: the map its coherence loss learned
+        proj, how = copy.deepcopy(learned).cpu().float(), "the method's learned g"
     else:
         val = _transitions(student, teacher_model, datamodule.encoded["val"], pad, student_layer, teacher_layer, device)
         proj = least_squares_map(torch.cat([s for s, _ in val]), torch.cat([t for _, t in val]))
@@ -246,29 +246,43 @@ def quantized_metrics(student, evaluator, loader, bits: int) -> dict:
     raise ValueError(f"diagnostics.quantize: bits must be 8 or 4, got {bits}")
 
 
-def run_diagnostics(settings: dict, module, teacher_model, teacher_layer: int, datamodule, evaluator, metrics) -> dict:
+@dataclass(frozen=True)
+class DiagnosticsSettings:
+    """The config's ``diagnostics:`` block; its defaults live in conf/config.yaml."""
+
+    enabled: bool
+    cka: bool  # linear CKA per step index, student vs teacher boundary states
+    transition_auroc: bool  # cos(W delta_S, delta_T) as a step-correctness score, AUROC
+    self_consistency_k: int  # sampled traces per question, majority vote (0: off)
+    self_consistency_temperature: float
+    quantize: list[int]  # post-training quantisation bit widths (8: int8 on CPU; 4: needs a GPU)
+
+
+def run_diagnostics(
+    settings: DiagnosticsSettings, module, teacher_model, teacher_layer: int, datamodule, evaluator, metrics
+) -> dict:
     """Everything above that ``settings`` (the config's ``diagnostics:``) asks for, as one dict."""
     student = module.student
     device = next(student.parameters()).device
     teacher_model = teacher_model.to(device)
-    student_layer = getattr(module, "student_layer", -1)
+    student_layer = module.student_layer
     was_training = student.training
     student.eval()
     out: dict = {"step_chain_gap": step_chain_gap(metrics, datamodule.benchmark.depths)}
-    if settings.get("cka", True):
+    if settings.cka:
         out |= boundary_cka(student, teacher_model, datamodule.test_dataloader(), student_layer, teacher_layer, device)
-    if settings.get("transition_auroc", True):
+    if settings.transition_auroc:
         out |= transition_auroc(
             module, teacher_model, datamodule, module.test_records, student_layer, teacher_layer, device
         )
-    k = settings.get("self_consistency_k", 0)
+    k = settings.self_consistency_k
     if k:
         examples = [x.example for x in datamodule.encoded["test"]]
-        t = settings.get("self_consistency_temperature", 0.7)
+        t = settings.self_consistency_temperature
         out["self_consistency"] = self_consistency(student, datamodule.tokenizer, datamodule.benchmark, examples, k, t)
     out["quantized"] = {
         f"{bits}bit": quantized_metrics(student, evaluator, datamodule.test_dataloader(), bits)
-        for bits in settings.get("quantize", [])
+        for bits in settings.quantize
     }
     student.train(was_training)
     return out
@@ -286,47 +300,3 @@ def flat_diagnostics(diag: dict) -> dict[str, float]:
     for scheme, q in diag.get("quantized", {}).items():
         flat |= {f"diag/{scheme}/{k}": v for k, v in q.get("metrics", {}).items()}
     return flat
-
-
-def recompute_cka(job: Path) -> dict:
-    """Recompute the CKA diagnostics of a finished run from its checkpoint (and the cached teacher),
-    and update its results.json: for runs made before a change to the CKA definition."""
-    import json
-
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
-
-    from rtd_lab.train import prepare_student, prepare_teacher
-    from rtd_lab.utils import atomic_write_json
-
-    results = json.loads((job / "results.json").read_text())
-    cfg = OmegaConf.create(results["config"])
-    datamodule = instantiate(cfg.data)
-    teacher, tokenizer, _ = prepare_teacher(cfg, datamodule.benchmark)
-    student = prepare_student(cfg, tokenizer, teacher)
-    state = torch.load(job / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
-    student.load_state_dict({k[len("student.") :]: v for k, v in state.items() if k.startswith("student.")})
-    student.eval()
-    datamodule.connect(tokenizer)
-    layer = cfg.method.get("student_layer", -1)
-    cka = boundary_cka(student, teacher.model, datamodule.test_dataloader(), layer, teacher.layer, torch.device("cpu"))
-    results["diagnostics"] = {**(results.get("diagnostics") or {}), **cka}
-    atomic_write_json(job / "results.json", results)
-    return cka
-
-
-def main(argv: list[str]) -> None:
-    """python -m rtd_lab.diagnostics --recompute-cka <sweep or job dirs>"""
-    if not argv or argv[0] != "--recompute-cka":
-        raise SystemExit(main.__doc__)
-    for d in argv[1:]:
-        for results in sorted(Path(d).rglob("results.json")):
-            if (results.parent / "checkpoints" / "last.ckpt").exists():
-                cka = recompute_cka(results.parent)
-                print(results.parent.name, {k: round(v, 3) for k, v in cka["cka"].items()})
-
-
-if __name__ == "__main__":
-    import sys
-
-    main(sys.argv[1:])

@@ -13,7 +13,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
-from rtd_lab.data.datamodule import move_batch
+from rtd_lab.data.batch import move_batch
 from rtd_lab.data.example import ReasoningExample
 from rtd_lab.metrics import ReasoningAccuracy
 

@@ -59,7 +59,7 @@ def kd_loss(
     beta: float = 0.5,
     count_fn=None,
 ) -> KDLoss:
-    """Standard knowledge distillation (Hinton et al. 2015), the seed's baseline.
+    """Standard knowledge distillation (Hinton et al. 2015), the RTD paper's baseline.
 
         L_KD = alpha * T^2 * KL(p_T || p_S) + (1 - alpha) * CE(p_S, y),   p_X = softmax(z_X / T)
 
@@ -71,7 +71,7 @@ def kd_loss(
         labels: (B, T) token ids, ``-100`` where nothing is supervised (prompt, padding).
         alpha: weight of the distillation term, in [0, 1].
         temperature: T > 0; the T^2 factor keeps gradient scale independent of T.
-        divergence: "forward_kl" (the seed's), "reverse_kl" or "jsd" (with ``beta`` in [0, 1]).
+        divergence: "forward_kl" (the RTD paper's), "reverse_kl" or "jsd" (with ``beta`` in [0, 1]).
         count_fn: maps the local number of supervised tokens to the denominator of the means
             (DDP: global count / world size, ``ReasoningModule.shard_count``); None: the local count.
 
@@ -255,6 +255,24 @@ def hint_loss(h_s_proj: torch.Tensor, h_t: torch.Tensor, mask: torch.Tensor, cou
     if count_fn is None:
         return F.mse_loss(h_s_proj[mask].float(), h_t[mask].float())
     return F.mse_loss(h_s_proj[mask].float(), h_t[mask].float(), reduction="sum") / (n * h_t.size(-1))
+
+
+def cosine_hidden_loss(h_s_proj: torch.Tensor, h_t: torch.Tensor, mask: torch.Tensor, count_fn=None) -> torch.Tensor:
+    """Cosine-embedding hidden-state loss (DistilBERT's L_cos, Sanh et al. 2019), at every supervised token:
+
+        L_cos = mean over masked tokens t of (1 - cos(W h_S[t], h_T[t]))
+
+    Args:
+        h_s_proj: (B, T, D_T) student hidden states, already projected (W h_S).
+        h_t: (B, T, D_T) teacher hidden states.
+        mask: (B, T) True on the tokens to match.
+    """
+    mask = mask.bool()
+    n = _count(mask.sum(), count_fn)
+    if not mask.any():
+        return (h_s_proj * 0.0).sum()
+    cos = F.cosine_similarity(h_s_proj[mask].float(), h_t[mask].float(), dim=-1)  # (N,)
+    return (1.0 - cos).sum() / n
 
 
 def other_chain_baseline(target: torch.Tensor, mask: torch.Tensor, loss_fn, shifts: int = 16) -> torch.Tensor:

@@ -44,8 +44,8 @@ from torch import nn
 from torchmetrics.functional.classification import binary_auroc
 from transformers import GenerationConfig
 
-from rtd_lab.data.datamodule import Collator, move_batch
-from rtd_lab.utils import build_once, config_hash, verify_built
+from rtd_lab.data.batch import Collator, move_batch
+from rtd_lab.utils import build_or_load
 
 log = logging.getLogger(__name__)
 PRM_CACHE_VERSION = 2  # 2: separators credited to the step they open
@@ -357,19 +357,15 @@ def load_or_train_prm(
     teacher_model, encoded, tokenizer, fmt, cfg: PRMConfig, cache_dir: str | Path, key_parts: dict, **kwargs
 ) -> tuple[ProcessRewardModel, dict]:
     """The PRM from ``cache_dir/prms/<key>``, trained there (atomically) on a miss."""
-    key = config_hash({"version": PRM_CACHE_VERSION, "prm": asdict(cfg), **key_parts})
-    root = Path(cache_dir) / "prms"
-    path = root / key
-    if not (path / "prm.json").exists():
-        log.info("PRM %s not in cache: sampling the teacher and training it (%s)", key, path)
 
-        def build(tmp: Path) -> dict:
-            prm, report = train_prm(teacher_model, encoded, tokenizer, fmt, cfg, **kwargs)
-            save_file({k: v.contiguous() for k, v in prm.state_dict().items()}, str(tmp / "prm.safetensors"))
-            return {"key": key, "n_features": prm.mean.numel(), "config": asdict(cfg), "report": asdict(report)}
+    def build(tmp: Path) -> dict:
+        prm, report = train_prm(teacher_model, encoded, tokenizer, fmt, cfg, **kwargs)
+        save_file({k: v.contiguous() for k, v in prm.state_dict().items()}, str(tmp / "prm.safetensors"))
+        return {"n_features": prm.mean.numel(), "config": asdict(cfg), "report": asdict(report)}
 
-        build_once(path, "prm.json", build)
-    meta = verify_built(path, "prm.json", "cached PRM")
+    parts = {"prm": asdict(cfg), **key_parts}
+    path, meta = build_or_load(cache_dir, "prms", PRM_CACHE_VERSION, parts, "prm.json", build, "PRM")
+    key = meta["key"]
     prm = ProcessRewardModel(meta["n_features"], cfg.hidden)
     prm.load_state_dict(load_file(str(path / "prm.safetensors")))
     prm.eval()

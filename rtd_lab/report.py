@@ -34,13 +34,14 @@ import logging
 import math
 from collections import defaultdict
 from pathlib import Path
-from statistics import mean
+from statistics import mean, stdev
 
 import numpy as np
 import yaml
 
+from rtd_lab.results import depth_table
 from rtd_lab.stats import compare, mean_ci, question_bootstrap_ci
-from rtd_lab.utils import atomic_write_json, atomic_write_text, flatten
+from rtd_lab.utils import flatten
 
 log = logging.getLogger(__name__)
 PILOT_SEEDS = 5  # fewer seeds per arm than this is a pilot
@@ -518,39 +519,43 @@ def log_to_wandb(rep: dict, markdown: str, images: list[Path], group: str, out: 
     return path
 
 
-def run_report(cfg) -> dict:
-    import hydra
-    from omegaconf import ListConfig
+# ---- the quick summary (report.summary_only): any folders of results.json, no statistics -------------
+def load_results(dirs: list[str | Path]) -> list[dict]:
+    runs = []
+    for d in dirs:
+        for path in sorted(Path(d).rglob("results.json")):
+            runs.append(json.loads(path.read_text()))
+    return runs
 
-    r = cfg.report
-    if not r.get("sweep_dir"):
-        raise ValueError(
-            "report.sweep_dir is not set: python -m rtd_lab task=report report.sweep_dir=multirun/<date>/<time>"
-        )
-    given = list(r.sweep_dir) if isinstance(r.sweep_dir, list | ListConfig) else [r.sweep_dir]
-    sweeps = [Path(hydra.utils.to_absolute_path(str(d))) for d in given]
-    for sweep in sweeps:
-        if not sweep.is_dir():
-            raise FileNotFoundError(f"report.sweep_dir: {sweep} is not a directory")
-    out = Path(hydra.utils.to_absolute_path(r.out_dir)) if r.get("out_dir") else sweeps[0]
-    out.mkdir(parents=True, exist_ok=True)
-    runs, missing = [], []
-    ran = {sweep: job_overrides(sweep) for sweep in sweeps}
-    for sweep in sweeps:
-        found, lost = read_sweep(sweep, [o for other in sweeps if other != sweep for o in ran[other]])
-        runs += found
-        missing += lost
-    rep = build_report(runs, missing, r.get("baseline", "standard_kd"), r.get("n_bootstrap", 10_000))
-    markdown = report_markdown(rep, ", ".join(map(str, given)))
-    images = plot_report(rep, out)
-    atomic_write_json(out / "report.json", rep)
-    atomic_write_text(out / "report.md", markdown)
-    print(markdown)
-    for m in missing:
-        log.warning("report: missing job: %s", m)
-    for w in rep["warnings"]:
-        log.warning("report: %s", w)
-    if r.get("wandb", True):
-        group = runs[0]["config"].get("group", "default")
-        rep["wandb_dir"] = log_to_wandb(rep, markdown, images, group, out)
-    return rep
+
+def summarize(runs: list[dict], metric: str = "chain_acc") -> str:
+    if not runs:
+        raise ValueError("no results.json found under the given directories")
+    by_method: dict[str, list[dict]] = defaultdict(list)
+    for r in runs:
+        by_method[r.get("run", r["method"])].append(r["student"]["metrics"])  # ablations share a method
+    # The teacher is the same for every run of a sweep: report it once, averaged like the rest.
+    groups = {"teacher (n=1)": [r["teacher"]["metrics"] for r in runs]}
+    groups |= {f"{name} (n={len(ms)})": ms for name, ms in by_method.items()}
+    columns = {name: {k: mean(m[k] for m in ms) for k in ms[0]} for name, ms in groups.items()}
+    return depth_table(runs[0]["depths"], columns, metric)
+
+
+def per_seed_table(runs: list[dict], metric: str = "chain_acc") -> str:
+    """Markdown table: one row per run name, ``metric`` (all depths) for each seed, then mean and std."""
+    if not runs:
+        raise ValueError("no results.json found under the given directories")
+    seeds = sorted({r["seed"] for r in runs})
+    by_run: dict[str, dict[int, float]] = defaultdict(dict)
+    for r in runs:
+        by_run[r.get("run", r["method"])][r["seed"]] = r["student"]["metrics"][metric]
+    lines = [
+        "| run | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | std |",
+        "|---|" + "---|" * (len(seeds) + 2),
+    ]
+    for name, values in by_run.items():
+        cells = [f"{values[s]:.3f}" if s in values else "missing" for s in seeds]
+        v = list(values.values())
+        sd = stdev(v) if len(v) > 1 else float("nan")
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {mean(v):.3f} | {sd:.3f} |")
+    return "\n".join(lines)

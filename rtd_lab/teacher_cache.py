@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rtd_lab.utils import atomic_write_json, config_hash, sha256_file
+from rtd_lab.utils import artifact_key, atomic_write_json, sha256_file
 
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
@@ -45,6 +45,23 @@ CACHE_VERSION = 1
 MODES = ("auto", "build", "off")
 TAILS = ("bucket", "renormalize")
 DTYPES = {"float16": np.float16, "float32": np.float32}
+
+
+@dataclass(frozen=True)
+class TeacherCacheSettings:
+    """The config's ``teacher_cache:`` block; its defaults live in conf/config.yaml."""
+
+    mode: str  # auto: use the cache when present | build: build if missing | off: the teacher runs online
+    top_k: int  # logits stored per position (k >= the vocabulary is exact)
+    tail: str  # mass outside the top-k: bucket (one extra bin, exact teacher probs) | renormalize
+    dtype: str  # of stored logits and hidden states (float32: exact)
+    shard_size: int  # examples per shard
+    verify: str  # on load: hash (SHA-256 of every file) | size (byte counts only)
+
+    def __post_init__(self):
+        for name, allowed in (("mode", MODES), ("tail", TAILS), ("verify", ("hash", "size"))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"teacher_cache.{name} must be one of {list(allowed)}, got {getattr(self, name)!r}")
 
 
 @dataclass(frozen=True)
@@ -84,7 +101,7 @@ def teacher_identity(teacher_info: dict, model) -> dict:
 
 
 def cache_key(identity: dict, fingerprint: str, spec: CacheSpec) -> str:
-    return config_hash({"version": CACHE_VERSION, "teacher": identity, "data": fingerprint, "spec": spec.__dict__})
+    return artifact_key(CACHE_VERSION, {"teacher": identity, "data": fingerprint, "spec": spec.__dict__})
 
 
 # ---- building -----------------------------------------------------------------------------------
@@ -261,7 +278,7 @@ def verify(path: Path, fingerprint: str, encoded: list, level: str = "hash") -> 
 
 
 def prepare_teacher_cache(
-    settings: dict,
+    settings: TeacherCacheSettings,
     teacher,
     encoded: list,
     spec: CacheSpec,
@@ -273,15 +290,7 @@ def prepare_teacher_cache(
     force_build: bool = False,
 ) -> TeacherCache | None:
     """The run's cache, per ``teacher_cache.mode``: None when the teacher runs online."""
-    mode = settings.get("mode", "auto")
-    if mode not in MODES:
-        raise ValueError(f"teacher_cache.mode must be one of {list(MODES)}, got {mode!r}")
-    tail = settings.get("tail", "bucket")
-    if tail not in TAILS:
-        raise ValueError(f"teacher_cache.tail must be one of {list(TAILS)}, got {tail!r}")
-    level = settings.get("verify", "hash")
-    if level not in ("hash", "size"):
-        raise ValueError(f"teacher_cache.verify must be hash or size, got {level!r}")
+    mode, tail, level = settings.mode, settings.tail, settings.verify
     if mode == "off" and not force_build:
         return None
     fingerprint = data_fingerprint(encoded)
@@ -315,7 +324,7 @@ def prepare_teacher_cache(
             meta,
             batch_size=batch_size,
             pad_id=pad_id,
-            shard_size=settings.get("shard_size", 4096),
+            shard_size=settings.shard_size,
         )
         manifest, why = verify(path, fingerprint, encoded, level)
         if manifest is None:

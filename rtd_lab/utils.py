@@ -39,6 +39,15 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         raise
 
 
+def save_dataset_atomically(ds, path: Path) -> None:
+    """A Hugging Face dataset saved beside ``path`` and renamed into place: "it exists" means "it is whole"."""
+    tmp = path.parent / f".{path.name}.tmp-{time.time_ns()}"
+    ds.save_to_disk(str(tmp))
+    if path.exists():  # an older assembly of the same rows: replace it
+        shutil.rmtree(path)
+    tmp.rename(path)
+
+
 def current_umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
@@ -71,6 +80,29 @@ def differing_fields(old: dict, new: dict, limit: int = 8) -> str:
     keys = sorted(k for k in a.keys() | b.keys() if a.get(k, "<unset>") != b.get(k, "<unset>"))
     shown = "; ".join(f"{k}: {a.get(k, '<unset>')!r} -> {b.get(k, '<unset>')!r}" for k in keys[:limit])
     return shown + (f"; and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def artifact_key(version: int, key_parts: dict) -> str:
+    """The one key rule of every cached artifact (teachers, student bases, PRMs, segmenters, RFT
+    samples, the teacher cache): a hash of what made it, plus the version of the code that builds it
+    (bumped when that code's output changes for the same inputs, so no stale artifact is reused)."""
+    return config_hash({"version": version, **key_parts})
+
+
+def build_or_load(
+    cache_dir: str | Path, kind: str, version: int, key_parts: dict, marker: str, build, what: str
+) -> tuple[Path, dict]:
+    """``<cache_dir>/<kind>/<key>``: built once by ``build(tmp) -> metadata`` on a miss (``build_once``:
+    atomic, concurrent runs safe), every file verified against its hash on each load. Returns the
+    folder and its metadata (which holds ``key``)."""
+    key = artifact_key(version, key_parts)
+    path = Path(cache_dir) / kind / key
+    if (path / marker).exists():
+        logging.getLogger(__name__).info("%s %s loaded from cache (%s)", what, key, path)
+    else:
+        logging.getLogger(__name__).info("%s %s not in cache: building it (%s)", what, key, path)
+        build_once(path, marker, lambda tmp: {**build(tmp), "key": key})
+    return path, verify_built(path, marker, f"cached {what}")
 
 
 def build_once(path: Path, marker: str, build) -> None:
@@ -171,7 +203,7 @@ def retain_freed_memory() -> bool:
     serves large blocks with fresh ``mmap`` pages (above M_MMAP_THRESHOLD: 128 KiB, adapted
     upwards as blocks are freed) and returns free memory at the heap's top (above M_TRIM_THRESHOLD),
     so every step faults its memory back in, page by page, in the kernel. Measured on the default
-    models (benchmarks/step_time.py, README "Speed"): a fifth of the process's CPU time was that
+    models (benchmarks/step_time.py, benchmarks/README.md): a fifth of the process's CPU time was that
     kernel time, steps took about 30 % less time with this setting, and Lightning's loop, which frees in
     another order than a plain loop, had faulted 30-60 % more than the plain loop. This is what the
     ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` environment variables do, set from inside

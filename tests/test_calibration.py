@@ -9,14 +9,15 @@ from pathlib import Path
 import pytest
 import torch
 
-import rtd_lab.train as train_mod
+import rtd_lab.models.provision as provision
 from rtd_lab.data.datamodule import ReasoningDataModule
 from rtd_lab.data.synthetic import SyntheticBenchmark
 from rtd_lab.data.tokenizer import build_synthetic_tokenizer
 from rtd_lab.learning_curve import LearningCurve, aulc, plateaued
 from rtd_lab.models.pretrain import TraceTraining, UntilLearned
 from rtd_lab.optim import warmup_stable_decay
-from rtd_lab.train import train
+from rtd_lab.tasks.settings import build_context, student_settings
+from rtd_lab.tasks.train import train
 
 
 def _factors(schedule, steps):
@@ -125,13 +126,13 @@ def test_student_base_is_pretrained_once_per_seed_on_a_sibling_world(make_cfg, m
     results = train(make_cfg("+experiment=cot_ft"))
     base = results["student"]["base"]
     path = Path(base["source"])
-    meta = json.loads((path / train_mod.STUDENT_BASE_META).read_text())
+    meta = json.loads((path / provision.STUDENT_BASE_META).read_text())
     assert meta["world"]["seed"] == 1000 and meta["seed"] == 0  # another world, the run's seed
 
     def no_pretraining(*args, **kwargs):
         raise AssertionError("the cached base should have been reused")
 
-    monkeypatch.setattr(train_mod, "train_on_traces", no_pretraining)
+    monkeypatch.setattr(provision, "train_on_traces", no_pretraining)
     again = train(make_cfg("+experiment=standard_kd"))  # another method, same seed: the same block
     assert again["student"]["base"]["key"] == base["key"]
     with pytest.raises(AssertionError, match="reused"):
@@ -143,9 +144,13 @@ def test_student_base_is_pretrained_once_per_seed_on_a_sibling_world(make_cfg, m
 def test_student_base_key_and_world(make_cfg):
     cfg = make_cfg()
     tok = build_synthetic_tokenizer(cfg.data.benchmark.modulus)
-    key = train_mod.student_base_key(cfg, tok)
-    assert train_mod.student_base_key(make_cfg("seed=1"), tok) != key
-    assert train_mod.student_base_key(make_cfg("student.model.hidden_size=12"), tok) != key
-    assert train_mod.student_base_key(make_cfg("method.w_align=0.1"), tok) == key  # not the method's
+
+    def key(c):
+        return provision.student_base_key(student_settings(c.student), build_context(c), tok)
+
+    assert key(make_cfg("seed=1")) != key(cfg)
+    assert key(make_cfg("student.model.hidden_size=12")) != key(cfg)
+    assert key(make_cfg("method.w_align=0.1")) == key(cfg)  # not the method's
+    bad = make_cfg("student.base.world_seed=0")
     with pytest.raises(ValueError, match="student.base.world_seed=0 equals data.benchmark.seed"):
-        train_mod.base_world(make_cfg("student.base.world_seed=0"))
+        provision.base_world(student_settings(bad.student), build_context(bad))

@@ -13,7 +13,7 @@ import rtd_lab.methods.rtd as rtd_mod
 from rtd_lab.curriculum import DepthCurriculum
 from rtd_lab.data.samplers import ShuffledBatchSampler, StagedBatchSampler
 from rtd_lab.losses import align_loss, coherence_loss, mean_direction_baseline, other_chain_baseline
-from rtd_lab.train import train
+from rtd_lab.tasks.train import train
 
 
 def test_staged_sampler_draws_only_allowed_depths_and_follows_stage_changes():
@@ -164,7 +164,7 @@ def test_no_curriculum_trains_on_every_depth_from_the_start(make_cfg, monkeypatc
 
 
 def test_a_method_without_coherence_gets_a_clear_error(make_cfg):
-    cfg = make_cfg("method=standard_kd")  # the default curriculum is RTD's
+    cfg = make_cfg("method=standard_kd", "curriculum=depth")  # RTD's curriculum, asked for explicitly
     with pytest.raises(ValueError, match="curriculum=none"):
         train(cfg)
 
@@ -172,6 +172,7 @@ def test_a_method_without_coherence_gets_a_clear_error(make_cfg):
 def test_fixed_length_stages_work_for_any_method(make_cfg):
     cfg = make_cfg(
         "method=standard_kd",
+        "curriculum=depth",
         "curriculum.metric=null",
         "trainer.max_steps=5",
         "curriculum.min_steps_per_stage=1",

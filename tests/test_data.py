@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from rtd_lab.data.datamodule import Collator, ReasoningDataModule, encode_example
+from rtd_lab.data.batch import Collator, encode_example
+from rtd_lab.data.datamodule import ReasoningDataModule
 from rtd_lab.data.synthetic import (
     FORMAT,
     SyntheticBenchmark,

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from rtd_lab.diagnostics import BoundaryCKA, least_squares_map, linear_cka, step_chain_gap
-from rtd_lab.train import train
+from rtd_lab.tasks.train import train
 
 
 def test_linear_cka_matches_the_reference_implementation():

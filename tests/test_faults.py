@@ -20,14 +20,15 @@ from rtd_lab.data.gsm8k import FORMAT as GSM8K_FORMAT
 from rtd_lab.data.gsm8k import GSM8KBenchmark, MalformedInput, parse_record, read_jsonl
 from rtd_lab.data.gsm8k import step_value as gsm8k_step_value
 from rtd_lab.models.build import check_finite_weights
-from rtd_lab.preflight import check_config
 from rtd_lab.prm import step_value as prm_step_value
 from rtd_lab.rundir import check_checkpoint, claim_run_dir
+from rtd_lab.tasks.preflight import check_config
+from rtd_lab.tasks.sample import run_sample
 from rtd_lab.traces.answers import extract_answer, same_answer
 from rtd_lab.traces.arith import check_annotations, evaluate
 from rtd_lab.traces.filter import reasoning_path
 from rtd_lab.traces.numbers import normalize_number, parse_number
-from rtd_lab.traces.sample import check_sample_settings, run_sample
+from rtd_lab.traces.sample import SampleSettings
 from rtd_lab.traces.teacher import completion_to_steps
 from rtd_lab.utils import build_once, verify_built
 from tests.cli import logged, run_cli
@@ -88,7 +89,7 @@ def test_another_experiment_in_a_finished_run_dir_is_refused(tmp_path):
     before = (tmp_path / "run" / "results.json").read_bytes()
     second = run_cli("+experiment=standard_kd", "diagnostics.enabled=false", "hydra.run.dir=run", cwd=tmp_path)
     assert second.returncode != 0
-    assert "belongs to another run" in second.stderr and "method.name" in second.stderr
+    assert "belongs to another run" in second.stderr and "method._target_" in second.stderr
     assert (tmp_path / "run" / "results.json").read_bytes() == before
 
 
@@ -203,19 +204,20 @@ def test_a_changed_byte_in_a_cached_folder_is_caught(tmp_path):
 
 
 def test_a_cached_teacher_with_a_flipped_byte_stops_the_run(make_cfg):
-    from rtd_lab.train import prepare_teacher
+    from rtd_lab.models.provision import prepare_teacher
+    from rtd_lab.tasks.settings import build_context, teacher_settings
 
     cfg = make_cfg()
     from hydra.utils import instantiate
 
     benchmark = instantiate(cfg.data).benchmark
-    _, _, info = prepare_teacher(cfg, benchmark)
+    _, _, info = prepare_teacher(teacher_settings(cfg.teacher), build_context(cfg), benchmark)
     weights = Path(info["source"]) / "model.safetensors"
     data = bytearray(weights.read_bytes())
     data[-3] ^= 0x40  # an exponent byte of the last float32 weight
     weights.write_bytes(bytes(data))
     with pytest.raises(ValueError, match="model.safetensors"):
-        prepare_teacher(cfg, benchmark)
+        prepare_teacher(teacher_settings(cfg.teacher), build_context(cfg), benchmark)
 
 
 def test_non_finite_weights_are_refused():
@@ -253,6 +255,17 @@ def test_a_non_finite_loss_stops_training_at_once():
         ("data.benchmark.max_depth=abc", "data.benchmark.max_depth"),
         ("+method.tempreature=3", "method.tempreature"),
         ("teacher.pretrained=/missing/path", "teacher.pretrained"),
+        # ranges a class checks without its models, and the typed blocks of the library
+        ("method.w_align=-1", "method.w_align"),
+        ("method.temperature=0", "method.temperature"),
+        ("method.divergence=kl", "method.divergence"),
+        ("curriculum.threshold_ratio=0", "curriculum.threshold_ratio"),
+        ("teacher_cache.mode=sometimes", "teacher_cache.mode"),
+        ("diagnostics.cka=maybe", "diagnostics.cka"),
+        ("segment.hidden=abc", "segment.hidden"),
+        ("+teacher.depth=3", "teacher.depth"),
+        ("student.base.seed=abc", "student.base.seed"),
+        ("~segment.epochs", "segment"),
     ],
 )
 def test_bad_settings_fail_naming_the_field(make_cfg, override, field):
@@ -276,6 +289,24 @@ def test_shipped_configs_pass_the_checks(make_cfg, experiment, extra):
     check_config(make_cfg(f"+experiment={experiment}", *extra, tiny=False))
 
 
+@pytest.mark.parametrize(
+    ("override", "field"),
+    [("method=step_reward", "method.prm.n_questions"), ("method=fitnets", "method.w_hint")],
+)
+def test_method_settings_are_checked_before_any_model(make_cfg, override, field):
+    bad = {"method.prm.n_questions": "method.prm.n_questions=1", "method.w_hint": "method.w_hint=-0.5"}[field]
+    with pytest.raises(ValueError, match=field.replace(".", r"\.")):
+        check_config(make_cfg(override, bad))
+
+
+def test_a_negative_weight_fails_on_an_empty_cache_within_a_minute(tmp_path):
+    start = time.time()
+    proc = run_cli("method.w_align=-1", cwd=tmp_path, tiny=False)  # the real teacher would train for minutes
+    assert proc.returncode != 0 and "method.w_align must be >= 0, got -1" in proc.stderr
+    assert not (tmp_path / "cache").exists()  # the teacher was not trained first
+    assert time.time() - start < 60
+
+
 def test_nan_fails_before_any_work(tmp_path):
     start = time.time()
     proc = run_cli("method.temperature=nan", cwd=tmp_path)
@@ -285,13 +316,11 @@ def test_nan_fails_before_any_work(tmp_path):
 
 
 def test_sample_settings_are_checked():
-    from omegaconf import OmegaConf
-
     base = {"split": "train", "chunk_questions": 5, "n_samples": 2, "batch_size": 4, "max_questions": None,
-            "teachers": [{"name": "a"}]}  # fmt: skip
-    check_sample_settings(OmegaConf.create(base))
+            "teachers": [{"name": "a"}], "temperatures": [0.7], "seed": 0, "out_dir": "x"}  # fmt: skip
+    SampleSettings(**base)
     with pytest.raises(ValueError, match="sample.batch_size"):
-        check_sample_settings(OmegaConf.create({**base, "batch_size": 0}))
+        SampleSettings(**{**base, "batch_size": 0})
 
 
 # ---- 7. an empty split is an error ----------------------------------------------------------------

@@ -7,7 +7,8 @@ import json
 import datasets
 import pytest
 
-from rtd_lab.traces.filter import filter_rows, reasoning_path, run_filter
+from rtd_lab.tasks.filter import run_filter
+from rtd_lab.traces.filter import filter_rows, reasoning_path
 
 from .test_gsm8k import REAL, needs_real
 

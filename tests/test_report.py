@@ -90,7 +90,7 @@ def test_expected_jobs_merge_the_sweep_file_and_the_command_line(tmp_path):
 
 
 def test_report_errors_name_the_field(make_cfg, tmp_path):
-    from rtd_lab.report import run_report
+    from rtd_lab.tasks.report import run_report
 
     with pytest.raises(ValueError, match="report.sweep_dir is not set"):
         run_report(make_cfg("task=report"))

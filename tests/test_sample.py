@@ -8,7 +8,7 @@ import datasets
 import pytest
 
 import rtd_lab.traces.sample as sample_mod
-from rtd_lab.traces.sample import run_sample
+from rtd_lab.tasks.sample import run_sample
 
 SMALL = [
     "sample.max_questions=12",

@@ -7,17 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from rtd_lab.data.datamodule import encode_example
+from rtd_lab.data.batch import encode_example
+from rtd_lab.data.segmenters import rule_boundaries, segment_calculator, segment_lines, segment_sentences
 from rtd_lab.data.synthetic import FORMAT, SyntheticBenchmark
 from rtd_lab.data.tokenizer import build_synthetic_tokenizer
-from rtd_lab.traces.segment import (
-    rule_boundaries,
-    run_segment,
-    segment_calculator,
-    segment_lines,
-    segment_sentences,
-)
-from rtd_lab.train import train
+from rtd_lab.tasks.segment import run_segment
+from rtd_lab.tasks.train import train
 
 GSM = "Natalia sold 48/2 = <<48/2=24>>24 clips.\nShe sold 48+24 = <<48+24=72>>72 in all.\n#### 72"
 

@@ -2,10 +2,10 @@
 
 import pytest
 
-from rtd_lab.data.datamodule import encode_example
+from rtd_lab.data.batch import encode_example
 from rtd_lab.data.synthetic import FORMAT, SyntheticBenchmark
 from rtd_lab.data.tokenizer import build_synthetic_tokenizer
-from rtd_lab.train import train
+from rtd_lab.tasks.train import train
 
 
 def test_answer_only_encoding_supervises_just_the_answer():

@@ -22,7 +22,7 @@ from rtd_lab.prm import (
     step_spans,
     token_logprobs,
 )
-from rtd_lab.train import train
+from rtd_lab.tasks.train import train
 
 SEP, ANS = 10, 11  # stand-in ids for " ; " and "####"
 
@@ -169,17 +169,20 @@ def test_prm_objective_is_the_advantage_weighted_step_nll(make_cfg, monkeypatch)
 
     from rtd_lab.data.datamodule import ReasoningDataModule
     from rtd_lab.methods.step_reward import StepReward
-    from rtd_lab.train import prepare_student, prepare_teacher
+    from rtd_lab.models.provision import prepare_student, prepare_teacher
+    from rtd_lab.tasks.settings import build_context, student_settings, teacher_settings
 
     cfg = _sr_cfg(make_cfg, "method.w_reward=2.0")
     dm: ReasoningDataModule = hydra.utils.instantiate(cfg.data)
-    teacher, tok, _ = prepare_teacher(cfg, dm.benchmark)
+    teacher, tok, _ = prepare_teacher(teacher_settings(cfg.teacher), build_context(cfg), dm.benchmark)
     dm.connect(tok)
     dm.setup()
     method = OmegaConf.to_container(cfg.method, resolve=True)
-    method.pop("name")
     module: StepReward = hydra.utils.instantiate(
-        method, student=prepare_student(cfg, tok, teacher), teacher=teacher, optimizer=None
+        method,
+        student=prepare_student(student_settings(cfg.student), build_context(cfg), tok, teacher, cfg.seed),
+        teacher=teacher,
+        optimizer=None,
     )
 
     class FakeTrainer:

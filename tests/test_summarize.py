@@ -1,8 +1,10 @@
+"""The plain summary tables (task=report report.summary_only=true): mean over seeds, per-seed values."""
+
 import json
 
 import pytest
 
-from rtd_lab.summarize import load_results, per_seed_table, summarize
+from rtd_lab.report import load_results, per_seed_table, summarize
 
 
 def _result(path, method, seed, acc):
@@ -45,3 +47,14 @@ def test_per_seed_table_names_missing_seeds(tmp_path):
 def test_no_results_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="no results.json"):
         summarize(load_results([tmp_path]))
+
+
+def test_task_report_gives_the_summary_tables_as_an_option(make_cfg, tmp_path, capsys):
+    from rtd_lab.tasks.report import run_report
+
+    _result(tmp_path / "runs" / "0", "rtd", 0, 0.2)
+    _result(tmp_path / "runs" / "1", "rtd", 1, 0.4)
+    out = run_report(make_cfg("task=report", f"report.sweep_dir={tmp_path / 'runs'}", "report.summary_only=true"))
+    assert "| rtd | 0.200 | 0.400 | 0.300 | 0.141 |" in out["summary"]
+    assert "| 1 | 1.000 | 0.300 |" in capsys.readouterr().out
+    assert not (tmp_path / "runs" / "report.json").exists()  # no statistics were computed or written

@@ -10,7 +10,8 @@ import torch
 
 import rtd_lab.teacher_cache as tc
 from rtd_lab.losses import kd_loss, sparse_kd_loss
-from rtd_lab.train import attach_teacher_cache, prepare, run_cache, train
+from rtd_lab.tasks.cache import run_cache
+from rtd_lab.tasks.train import attach_teacher_cache, prepare, train
 
 DIVS = [("forward_kl", 0.5), ("reverse_kl", 0.5), ("jsd", 0.3)]
 

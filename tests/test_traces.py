@@ -6,8 +6,8 @@ import pytest
 
 import rtd_lab.traces.teacher as traces_mod
 from rtd_lab.data.synthetic import FORMAT, parse_completion
+from rtd_lab.tasks.train import train
 from rtd_lab.traces.teacher import completion_to_steps
-from rtd_lab.train import train
 
 
 @pytest.mark.parametrize(
@@ -67,7 +67,7 @@ def test_cot_ft_trains_on_the_teachers_traces(make_cfg, monkeypatch):
         seen["out"] = original(*args, **kwargs)
         return seen["out"]
 
-    monkeypatch.setattr("rtd_lab.train.teacher_traces", spy)
+    monkeypatch.setattr("rtd_lab.tasks.train.teacher_traces", spy)
     results = train(cfg)
     report = results["teacher_traces"]
     n = 3 * 48  # TINY: 3 depths x 48 training questions, uids .../0 .. .../47 per depth

@@ -12,11 +12,12 @@ from hydra.errors import ConfigCompositionException, InstantiationException, Mis
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-import rtd_lab.train as train_mod
+import rtd_lab.models.provision as provision
 from rtd_lab.data.synthetic import SyntheticBenchmark
 from rtd_lab.data.tokenizer import build_synthetic_tokenizer
 from rtd_lab.methods.base import ReasoningModule
-from rtd_lab.train import train
+from rtd_lab.tasks.settings import build_context, teacher_settings
+from rtd_lab.tasks.train import train
 from tests.cli import logged, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,12 +56,12 @@ def test_teacher_is_trained_once_then_reused_from_cache(make_cfg, monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError("the cached teacher should have been reused")
 
-    monkeypatch.setattr(train_mod, "train_teacher", no_training)
+    monkeypatch.setattr(provision, "train_teacher", no_training)
     results = train(make_cfg("+experiment=rtd"))
     assert results["teacher"]["key"] == teachers[0].name
     # A different teacher config is a different key: it would train again.
     other = make_cfg("teacher.train.max_steps=4")
-    assert train_mod.teacher_key(other) != teachers[0].name
+    assert provision.teacher_key(teacher_settings(other.teacher), build_context(other)) != teachers[0].name
 
 
 def _tiny_pretrained_llama(tok, path: Path, width: int = 16) -> Path:
@@ -104,7 +105,7 @@ def test_bpe_tokenizer_gpt2_teacher_boundaries_and_run(make_cfg, tmp_path):
     )
     tok.save_pretrained(tmp_path / "gpt2")
 
-    from rtd_lab.data.datamodule import encode_example
+    from rtd_lab.data.batch import encode_example
 
     for ex in bm.splits()["test"]:
         enc = encode_example(ex, tok, bm.format)
@@ -192,13 +193,17 @@ def test_default_calibration_teacher_solves_every_depth(make_cfg):
 
 
 def test_teacher_key_changes_with_what_shapes_the_teacher(make_cfg, monkeypatch):
-    base = train_mod.teacher_key(make_cfg())
-    assert train_mod.teacher_key(make_cfg()) == base  # stable
-    assert train_mod.teacher_key(make_cfg("data.benchmark.modulus=13")) != base
-    assert train_mod.teacher_key(make_cfg("teacher.model.hidden_size=24")) != base
-    assert train_mod.teacher_key(make_cfg("student.model.hidden_size=12")) == base  # not the student's
-    monkeypatch.setattr(train_mod, "TEACHER_CACHE_VERSION", train_mod.TEACHER_CACHE_VERSION + 1)
-    assert train_mod.teacher_key(make_cfg()) != base
+    def key(*overrides):
+        cfg = make_cfg(*overrides)
+        return provision.teacher_key(teacher_settings(cfg.teacher), build_context(cfg))
+
+    base = key()
+    assert key() == base  # stable
+    assert key("data.benchmark.modulus=13") != base
+    assert key("teacher.model.hidden_size=24") != base
+    assert key("student.model.hidden_size=12") == base  # not the student's
+    monkeypatch.setattr(provision, "TEACHER_CACHE_VERSION", provision.TEACHER_CACHE_VERSION + 1)
+    assert key() != base
 
 
 @pytest.mark.parametrize("divergence", ["reverse_kl", "jsd"])

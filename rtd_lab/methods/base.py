@@ -46,10 +46,19 @@ def check_weight(value: float, field: str) -> float:
     return float(value)
 
 
+def check_weights(settings: dict, *names: str) -> None:
+    """``check_weight`` for each of ``names`` that ``settings`` holds."""
+    for name in names:
+        if name in settings:
+            check_weight(settings[name], f"method.{name}")
+
+
 class ReasoningModule(L.LightningModule):
     needs_teacher = True
     # Entries of compute_losses' dict that are measurements, not losses: logged as {stage}/{name}.
     diagnostics: tuple[str, ...] = ()
+    # The student's hidden layer a method matches to the teacher's (diagnostics compare the same one).
+    student_layer: int = -1
 
     def __init__(
         self,
@@ -73,9 +82,21 @@ class ReasoningModule(L.LightningModule):
         self.strict_loading = False
         self._rng_to_restore: dict | None = None  # from a checkpoint: see on_train_batch_start
 
+    @classmethod
+    def check_settings(cls, settings: dict) -> None:
+        """Range checks of the method's settings (the config's ``method:`` block) that need no model:
+        run before any data, model or cache is built (``rtd_lab.tasks.preflight``) and by the
+        constructor. A subclass checks the fields it adds and calls ``super().check_settings``."""
+
     # ---- the one thing a method defines -------------------------------------------------------
     def compute_losses(self, batch: dict) -> dict[str, torch.Tensor]:
         raise NotImplementedError
+
+    # ---- hooks shared code reads ----------------------------------------------------------------
+    def transition_projection(self) -> nn.Module | None:
+        """The map from student to teacher step transitions this method learned (RTD's g), or None:
+        the transition diagnostic then fits one by least squares."""
+        return None
 
     # ---- shared plumbing ----------------------------------------------------------------------
     def shard_count(self, local: torch.Tensor) -> torch.Tensor:

@@ -3,7 +3,7 @@
     L = L_KD + w_hint * (1/m) * sum_j MSE(W_j h_S^{s_j}, h_T^{t_j})
 
 The m = min(n_hints, teacher layers) teacher layers t_j are evenly spaced over the teacher's blocks
-(the seed: 4), each matched to an evenly spaced student layer s_j (a student layer may serve several
+(the RTD paper: 4), each matched to an evenly spaced student layer s_j (a student layer may serve several
 teacher layers), with one learned linear map W_j per pair. Matching is "spatial": at fixed layers
 and at every real token, not at reasoning-step boundaries, which is the contrast RTD draws.
 """
@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from rtd_lab.losses import hint_loss
-from rtd_lab.methods.base import check_weight
+from rtd_lab.methods.base import check_weights
 from rtd_lab.methods.standard_kd import StandardKD
 
 
@@ -35,9 +35,8 @@ class FitNets(StandardKD):
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
-        self.w_hint = check_weight(w_hint, "method.w_hint")
-        if n_hints < 1:
-            raise ValueError(f"method.n_hints must be >= 1, got {n_hints}")
+        self.check_settings({"w_hint": w_hint, "n_hints": n_hints})
+        self.w_hint = float(w_hint)
         n_t = self.teacher.model.config.num_hidden_layers
         n_s = self.student.config.num_hidden_layers
         m = min(n_hints, n_t)
@@ -45,6 +44,13 @@ class FitNets(StandardKD):
         self.student_layers = evenly_spaced(n_s, m)
         d_s, d_t = self.student.config.hidden_size, self.teacher.hidden_size
         self.hints = nn.ModuleList(nn.Linear(d_s, d_t) for _ in range(m))
+
+    @classmethod
+    def check_settings(cls, settings: dict) -> None:
+        super().check_settings(settings)
+        check_weights(settings, "w_hint")
+        if "n_hints" in settings and settings["n_hints"] < 1:
+            raise ValueError(f"method.n_hints must be >= 1, got {settings['n_hints']}")
 
     def cache_request(self) -> dict:
         return {**super().cache_request(), "hint_layers": tuple(self.teacher_layers)}

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from rtd_lab.losses import align_loss, coherence_loss, gather_boundaries, transitions
-from rtd_lab.methods.base import check_weight
+from rtd_lab.methods.base import check_weights
 from rtd_lab.methods.standard_kd import StandardKD
 
 
@@ -32,8 +32,8 @@ class RTD(StandardKD):
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
-        self.w_align = check_weight(w_align, "method.w_align")
-        self.w_coherence = check_weight(w_coherence, "method.w_coherence")
+        self.check_settings({"w_align": w_align, "w_coherence": w_coherence})
+        self.w_align, self.w_coherence = float(w_align), float(w_coherence)
         n_layers = self.student.config.num_hidden_layers
         if not -(n_layers + 1) <= student_layer <= n_layers:
             raise ValueError(f"method.student_layer must be in [{-(n_layers + 1)}, {n_layers}], got {student_layer}")
@@ -41,6 +41,14 @@ class RTD(StandardKD):
         d_s, d_t = self.student.config.hidden_size, self.teacher.hidden_size
         self.f = nn.Linear(d_s, d_t, bias=False)  # student → teacher space, for boundary states
         self.g = nn.Linear(d_s, d_t, bias=False)  # student → teacher space, for transitions
+
+    @classmethod
+    def check_settings(cls, settings: dict) -> None:
+        super().check_settings(settings)
+        check_weights(settings, "w_align", "w_coherence")
+
+    def transition_projection(self) -> nn.Module:
+        return self.g
 
     def compute_losses(self, batch: dict) -> dict[str, torch.Tensor]:
         pos, mask = batch["boundary_pos"], batch["boundary_mask"]  # (B, K)

@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
@@ -74,6 +74,11 @@ class StandardKD(ReasoningModule):
     ):
         super().__init__(*args, **kwargs)
         self.kd = LogitKD(alpha, temperature, divergence, beta)
+
+    @classmethod
+    def check_settings(cls, settings: dict) -> None:
+        super().check_settings(settings)
+        LogitKD(**{f.name: settings[f.name] for f in fields(LogitKD) if f.name in settings})
 
     def compute_losses(self, batch: dict) -> dict[str, torch.Tensor]:
         s = self.student_forward(batch)

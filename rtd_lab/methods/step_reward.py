@@ -39,7 +39,7 @@ import hydra
 import torch
 from transformers import GenerationConfig
 
-from rtd_lab.methods.base import check_weight
+from rtd_lab.methods.base import check_weights
 from rtd_lab.methods.standard_kd import StandardKD
 from rtd_lab.prm import PRMConfig, load_or_train_prm, marker_ids, pack_samples, token_logprobs
 
@@ -62,13 +62,9 @@ class StepReward(StandardKD):
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
-        self.w_reward = check_weight(w_reward, "method.w_reward")
-        if sample_temperature <= 0:
-            raise ValueError(f"method.sample_temperature must be > 0, got {sample_temperature}")
-        if samples_per_batch is not None and samples_per_batch < 1:
-            raise ValueError(f"method.samples_per_batch must be >= 1 or null, got {samples_per_batch}")
-        if advantage not in ADVANTAGES:
-            raise ValueError(f"method.advantage must be one of {list(ADVANTAGES)}, got {advantage!r}")
+        settings = {"w_reward": w_reward, "sample_temperature": sample_temperature, "advantage": advantage}
+        self.check_settings({**settings, "samples_per_batch": samples_per_batch})
+        self.w_reward = float(w_reward)
         self.sample_temperature = float(sample_temperature)
         self.samples_per_batch = samples_per_batch
         self.advantage = advantage
@@ -79,6 +75,19 @@ class StepReward(StandardKD):
         self.prm = None
         self.prm_info: dict[str, Any] = {}
         self._markers: tuple[int, int] | None = None  # token ids of the step separator, answer marker
+
+    @classmethod
+    def check_settings(cls, settings: dict) -> None:
+        super().check_settings(settings)
+        check_weights(settings, "w_reward")
+        if "sample_temperature" in settings and not settings["sample_temperature"] > 0:
+            raise ValueError(f"method.sample_temperature must be > 0, got {settings['sample_temperature']}")
+        if settings.get("samples_per_batch") is not None and settings["samples_per_batch"] < 1:
+            raise ValueError(f"method.samples_per_batch must be >= 1 or null, got {settings['samples_per_batch']}")
+        if "advantage" in settings and settings["advantage"] not in ADVANTAGES:
+            raise ValueError(f"method.advantage must be one of {list(ADVANTAGES)}, got {settings['advantage']!r}")
+        if "prm" in settings:
+            PRMConfig(**(settings["prm"] or {}))
 
     def on_fit_start(self) -> None:
         self.ensure_prm()  # before the first step, so the PRM's report is in the log up front

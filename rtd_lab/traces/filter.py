@@ -24,12 +24,8 @@ import logging
 import re
 from collections import defaultdict
 from itertools import pairwise
-from pathlib import Path
-
-from omegaconf import DictConfig
 
 from rtd_lab.traces.answers import extract_answer, same_answer
-from rtd_lab.utils import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 _ANNOTATION = re.compile(r"<<([^<>]*)>>")
@@ -164,42 +160,3 @@ def report_markdown(report: dict) -> str:
         a = report["label_agreement"]
         lines += ["", f"Agreement with the is_correct labels: {a['agree']} / {a['traces']} = {a['rate']:.4f}."]
     return "\n".join(lines) + "\n"
-
-
-def run_filter(cfg: DictConfig) -> Path:
-    import datasets
-    import hydra
-
-    from rtd_lab.traces.sample import _save_atomically
-
-    f = cfg.filter
-    source = hydra.utils.instantiate(cfg.data)
-    if hasattr(source, "samples"):  # a dataset of finished samples (e.g. the GSM8K model solutions)
-        ds = source.samples()
-        where = source.path
-    else:
-        where = hydra.utils.to_absolute_path(f.input)
-        if not Path(where).exists():
-            raise FileNotFoundError(f"filter.input: {where} does not exist (run task=sample first, or set it)")
-        ds = datasets.load_from_disk(where)
-    rows = ds.to_list()
-    if not hasattr(source, "samples"):
-        verify_steps(rows, source.benchmark)
-    kept, report = filter_rows(rows)
-    report["input"] = str(where)
-    out = Path(hydra.utils.to_absolute_path(f.out_dir))
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "report.json", report)
-    atomic_write_text(out / "report.md", report_markdown(report))
-    print(report_markdown(report))
-    if not kept:
-        raise ValueError(
-            f"FILTER kept no trace of {len(rows)} from {where}: no sampled answer matched the gold one "
-            f"(see {out / 'report.md'}); sample more, at other temperatures, or from a stronger teacher"
-        )
-    drop = {"accepted", "kept"}
-    _save_atomically(
-        datasets.Dataset.from_list([{k: v for k, v in r.items() if k not in drop} for r in kept]), out / "dataset"
-    )
-    log.info("FILTER kept %d of %d traces: %s", len(kept), len(rows), out / "dataset")
-    return out / "dataset"

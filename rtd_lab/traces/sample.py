@@ -18,7 +18,7 @@ every chunk is there, so a later stage never reads a partial result.
 Chunks are only ever reused by the settings that made them: ``sample.json`` holds the key of every
 setting that decides the rows (``sample.*`` but ``out_dir``, the benchmark, the teacher), written
 before the first chunk; a run with another key in the same ``out_dir`` is refused, naming the
-settings that differ, before anything is generated.
+settings that differ, before anything is generated. The stage itself is ``rtd_lab.tasks.sample``.
 """
 
 from __future__ import annotations
@@ -26,17 +26,13 @@ from __future__ import annotations
 import json
 import logging
 import re
-import shutil
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf, open_dict
-from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
-from rtd_lab.data.datamodule import Collator, encode_example, move_batch
+from rtd_lab.data.batch import Collator, encode_example, move_batch
 from rtd_lab.utils import atomic_write_json, config_hash, differing_fields
 
 log = logging.getLogger(__name__)
@@ -101,39 +97,6 @@ def trace_row(ex, temperature: float, sample_index: int, seed: int, completion: 
     }
 
 
-def _save_atomically(ds, path: Path) -> None:
-    tmp = path.parent / f".{path.name}.tmp-{time.time_ns()}"
-    ds.save_to_disk(str(tmp))
-    if path.exists():  # an older assembly of the same chunks: replace it
-        shutil.rmtree(path)
-    tmp.rename(path)
-
-
-def load_teacher(cfg: DictConfig, spec: TeacherSpec, benchmark):
-    """The teacher a spec names, through the same cache as training (``prepare_teacher``)."""
-    from rtd_lab.train import prepare_teacher
-
-    tcfg = cfg.copy()
-    with open_dict(tcfg):
-        if spec.pretrained:
-            tcfg.teacher.pretrained = spec.pretrained
-        for key, value in OmegaConf.to_container(OmegaConf.create(spec.overrides or {})).items():
-            tcfg.teacher[key] = OmegaConf.merge(tcfg.teacher.get(key, {}), value) if isinstance(value, dict) else value
-    teacher, tokenizer, info = prepare_teacher(tcfg, benchmark)
-    return teacher.model, tokenizer, info
-
-
-def sample_settings(cfg: DictConfig) -> dict:
-    """Everything that decides the sampled rows: ``sample.*`` but where they go, the benchmark, the teacher."""
-    sample = OmegaConf.to_container(cfg.sample, resolve=True)
-    sample.pop("out_dir", None)
-    return {
-        "sample": sample,
-        "teacher": OmegaConf.to_container(cfg.teacher, resolve=True),
-        "benchmark": OmegaConf.to_container(cfg.data.benchmark, resolve=True),
-    }
-
-
 def claim_out_dir(out: Path, settings: dict) -> str:
     """Write (or check) ``sample.json``'s key: an ``out_dir`` resumes only the settings that made it."""
     key = config_hash(settings)
@@ -153,72 +116,40 @@ def claim_out_dir(out: Path, settings: dict) -> str:
     return key
 
 
-def check_sample_settings(s) -> None:
-    """The ``sample.*`` settings that would otherwise fail late (KeyError, ZeroDivisionError)."""
-    if s.split not in SPLITS:
-        raise ValueError(f"sample.split must be one of {list(SPLITS)}, got {s.split!r}")
-    for name in ("chunk_questions", "n_samples", "batch_size"):
-        value = s.get(name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"sample.{name} must be an integer >= 1, got {value!r}")
-    if s.max_questions is not None and (not isinstance(s.max_questions, int) or s.max_questions < 1):
-        raise ValueError(f"sample.max_questions must be an integer >= 1 or null, got {s.max_questions!r}")
-    for t in s.teachers:
-        if not isinstance(t.get("name"), str) or not _NAME.fullmatch(t.get("name")):
-            raise ValueError(f"sample.teachers: name {t.get('name')!r} must be letters, digits, _ . - (a folder name)")
+@dataclass(frozen=True)
+class SampleSettings:
+    """The config's ``sample:`` block; its defaults live in conf/sample/default.yaml. Checked on
+    construction, so that a bad value fails before any teacher is loaded (not as a late KeyError)."""
 
+    teachers: list  # each {name, pretrained: <hub id or path> | None, overrides: {<teacher.* keys>}}
+    temperatures: list  # 0 = greedy
+    n_samples: int  # traces per question, teacher and temperature
+    split: str  # train | val | test
+    max_questions: int | None  # None: every question of the split (else evenly spaced over it)
+    chunk_questions: int  # questions per chunk: the unit of resumption
+    seed: int  # each chunk's seed is a hash of it, the teacher, the temperature and the chunk
+    batch_size: int  # prompts per generate() call
+    out_dir: str  # rerun with the same out_dir to resume
 
-def run_sample(cfg: DictConfig) -> Path:
-    """The SAMPLE stage: returns the dataset folder."""
-    import datasets
-    import hydra
+    def __post_init__(self):
+        if self.split not in SPLITS:
+            raise ValueError(f"sample.split must be one of {list(SPLITS)}, got {self.split!r}")
+        for name in ("chunk_questions", "n_samples", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"sample.{name} must be an integer >= 1, got {value!r}")
+        if self.max_questions is not None and (not isinstance(self.max_questions, int) or self.max_questions < 1):
+            raise ValueError(f"sample.max_questions must be an integer >= 1 or null, got {self.max_questions!r}")
+        for t in self.teachers:
+            if not isinstance(t.get("name"), str) or not _NAME.fullmatch(t.get("name")):
+                raise ValueError(
+                    f"sample.teachers: name {t.get('name')!r} must be letters, digits, _ . - (a folder name)"
+                )
+        if not self.teachers or not self.temperatures:
+            raise ValueError("sample.teachers and sample.temperatures must be non-empty")
+        names = [t["name"] for t in self.teachers]
+        if len(set(names)) != len(names):
+            raise ValueError(f"sample.teachers: names must be unique, got {names}")
 
-    s = cfg.sample
-    check_sample_settings(s)
-    teachers = [TeacherSpec(**OmegaConf.to_container(t, resolve=True)) for t in s.teachers]
-    temperatures = [float(t) for t in s.temperatures]
-    if not teachers or not temperatures or s.n_samples < 1:
-        raise ValueError("sample.teachers and sample.temperatures must be non-empty and sample.n_samples >= 1")
-    if len({t.name for t in teachers}) != len(teachers):
-        raise ValueError(f"sample.teachers: names must be unique, got {[t.name for t in teachers]}")
-    out = Path(hydra.utils.to_absolute_path(s.out_dir))
-    out.mkdir(parents=True, exist_ok=True)
-    settings = sample_settings(cfg)
-    key = claim_out_dir(out, settings)
-    (out / "chunks").mkdir(exist_ok=True)
-    datamodule = hydra.utils.instantiate(cfg.data)
-    benchmark = datamodule.benchmark
-    examples = benchmark.splits()[s.split]
-    if s.max_questions is not None:
-        examples = examples[:: max(1, len(examples) // s.max_questions)][: s.max_questions]
-    n_chunks = -(-len(examples) // s.chunk_questions)
-    atomic_write_json(
-        out / "sample.json",
-        {"key": key, "settings": settings, "n_questions": len(examples), "n_chunks": n_chunks},
-    )
-    names = []
-    progress = tqdm(total=len(teachers) * len(temperatures) * n_chunks, desc="sample (chunks)")
-    for spec in teachers:
-        model = tokenizer = None
-        for temperature in temperatures:
-            for k in range(n_chunks):
-                name = f"{spec.name}__t{temperature:g}__{k:05d}"
-                names.append(name)
-                final = out / "chunks" / name
-                if final.exists():  # written by an earlier, interrupted run: keep it
-                    progress.update()
-                    continue
-                if model is None:
-                    model, tokenizer, _ = load_teacher(cfg, spec, benchmark)
-                seed = chunk_seed(s.get("seed", cfg.seed), spec.name, temperature, k)
-                part = examples[k * s.chunk_questions : (k + 1) * s.chunk_questions]
-                rows = sample_chunk(model, tokenizer, benchmark, part, temperature, s.n_samples, s.batch_size, seed)
-                for r in rows:
-                    r["teacher"] = spec.name
-                _save_atomically(datasets.Dataset.from_list([{c: r[c] for c in COLUMNS} for r in rows]), final)
-                progress.update()
-    progress.close()
-    chunks = [datasets.load_from_disk(str(out / "chunks" / n)) for n in names]
-    _save_atomically(datasets.concatenate_datasets(chunks), out / "dataset")
-    log.info("sampled %d traces into %s", sum(len(c) for c in chunks), out / "dataset")
-    return out / "dataset"
+    def specs(self) -> list[TeacherSpec]:
+        return [TeacherSpec(**t) for t in self.teachers]

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from rtd_lab.data.datamodule import Collator, encode_example, move_batch
+from rtd_lab.data.batch import Collator, encode_example, move_batch
 from rtd_lab.data.example import ReasoningExample, Step, TraceFormat
 from rtd_lab.evaluation import Evaluator
 

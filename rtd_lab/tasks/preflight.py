@@ -7,8 +7,11 @@ losses). ``check_config`` runs first in every task and checks
 1. every number is finite (NaN and infinities are never a meaningful setting here);
 2. every node with a ``_target_`` against the signature it will be called with: unknown fields, and
    values whose type the signature's annotation rules out (``method.temperature=abc``);
-3. the settings that would otherwise fail late or silently: the learning-rate schedule's ratios, the
-   trainer's step counts and intervals, ``sample.*``, a missing ``teacher.pretrained`` folder.
+3. every block the library reads as typed settings (``teacher``, ``student``, ``teacher_cache``,
+   ``diagnostics``, ``segment``, ``sample``) against its dataclass: missing and unknown fields, types,
+   and the dataclass's own checks;
+4. the settings that would otherwise fail late or silently: the learning-rate schedule's ratios, the
+   trainer's step counts and intervals, a missing ``teacher.pretrained`` folder.
 
 Range checks that need a built object (e.g. a student layer index) stay in the object.
 """
@@ -27,8 +30,24 @@ from typing import Any
 from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
+from rtd_lab.diagnostics import DiagnosticsSettings
+from rtd_lab.models.provision import StudentBaseSettings, StudentSettings, TeacherSettings
+from rtd_lab.teacher_cache import TeacherCacheSettings
+from rtd_lab.traces.sample import SampleSettings
+from rtd_lab.traces.segment import SegmenterSettings
+
 # Keys of a _target_ node that the framework consumes before instantiating it.
-CONSUMED = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_", "name"}
+CONSUMED = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
+# The config blocks the library reads as typed settings (rtd_lab.tasks.settings builds them).
+TYPED_BLOCKS = {
+    "teacher": TeacherSettings,
+    "student": StudentSettings,
+    "student.base": StudentBaseSettings,
+    "teacher_cache": TeacherCacheSettings,
+    "diagnostics": DiagnosticsSettings,
+    "segment": SegmenterSettings,
+    "sample": SampleSettings,
+}
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -38,7 +57,34 @@ def check_config(cfg: DictConfig) -> None:
     check_finite(config)
     for path, node in target_nodes(config):
         check_target(path, node)
+    for path, cls in TYPED_BLOCKS.items():
+        node = OmegaConf.select(cfg, path)
+        if node is not None:
+            check_settings(path, OmegaConf.to_container(node, resolve=True), cls)
     check_known(cfg)
+
+
+def check_settings(path: str, node: Any, cls: type) -> None:
+    """``node`` against the dataclass ``cls`` the library will read it as."""
+    if not isinstance(node, Mapping):
+        raise ValueError(f"{path} must be a mapping of settings, got {node!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    required = {f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING}
+    nested = {k.split(".", 1)[1] for k in TYPED_BLOCKS if k.startswith(path + ".")}
+    for key, value in node.items():
+        if key not in fields:
+            raise ValueError(f"{path}.{key} is not a setting of {path} (its settings: {sorted(fields)})")
+        if key not in nested and _matches(value, hints[key]) is False:
+            raise ValueError(f"{path}.{key} must be {_describe(hints[key])}, got {value!r} ({type(value).__name__})")
+    missing = required - set(node)
+    if missing:
+        raise ValueError(f"{path}: missing setting(s) {sorted(missing)}")
+    if not nested:
+        try:
+            cls(**node)  # the dataclass's own checks (e.g. teacher_cache.mode's choices)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{path}: {err}" if not str(err).startswith(path) else str(err)) from err
 
 
 def check_finite(node: Any, path: str = "") -> None:
@@ -110,6 +156,10 @@ def check_target(path: str, node: dict) -> None:
             continue
         if key in hints and _matches(value, hints[key]) is False:
             raise ValueError(f"{field} must be {_describe(hints[key])}, got {value!r} ({type(value).__name__})")
+    checks = getattr(target, "check_settings", None)
+    if inspect.isclass(target) and target.__module__.startswith("rtd_lab.") and checks is not None:
+        # Range checks a class can make without its models (a method's weights, the curriculum's ratios).
+        checks({k: v for k, v in node.items() if k not in CONSUMED})
 
 
 def _matches(value: Any, hint: Any) -> bool | None:
@@ -183,10 +233,6 @@ def check_known(cfg: DictConfig) -> None:
             )
         if isinstance(interval, float) and interval > 1:
             raise ValueError(f"trainer.val_check_interval as a fraction of an epoch must be <= 1, got {interval}")
-    if task == "sample" or OmegaConf.select(cfg, "data.trace_source") == "rft":
-        from rtd_lab.traces.sample import check_sample_settings
-
-        check_sample_settings(cfg.sample)
     for who in ("teacher", "student"):
         check_pretrained(OmegaConf.select(cfg, f"{who}.pretrained"), f"{who}.pretrained")
 

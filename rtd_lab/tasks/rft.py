@@ -16,27 +16,24 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig, open_dict
 
-from rtd_lab.utils import config_hash
+from rtd_lab.tasks.filter import run_filter
+from rtd_lab.tasks.sample import run_sample, sample_settings
+from rtd_lab.tasks.settings import cache_dir
+from rtd_lab.utils import artifact_key
 
 log = logging.getLogger(__name__)
 RFT_CACHE_VERSION = 1  # bump when SAMPLE's or FILTER's output for the same config changes
 
 
 def rft_key(cfg: DictConfig) -> str:
-    from rtd_lab.traces.sample import sample_settings
-
-    return config_hash({"version": RFT_CACHE_VERSION, **sample_settings(cfg)})
+    return artifact_key(RFT_CACHE_VERSION, sample_settings(cfg))
 
 
 def rft_dataset(cfg: DictConfig) -> Path:
     """The FILTER output for ``cfg``'s SAMPLE settings, made (or finished) if need be."""
-    from rtd_lab.traces.filter import run_filter
-    from rtd_lab.traces.sample import run_sample
-
-    root = Path(hydra.utils.to_absolute_path(cfg.paths.cache_dir)) / "samples" / rft_key(cfg)
+    root = cache_dir(cfg) / "samples" / rft_key(cfg)
     filtered = root / "filtered" / "dataset"
     if filtered.exists():
         log.info("RFT traces from the cache: %s", filtered)

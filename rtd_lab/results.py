@@ -1,0 +1,43 @@
+"""A run's provenance and printed summaries: the environment, what the student was trained on, the
+depth table. ``results.json`` itself is assembled by ``rtd_lab.tasks.train``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def environment() -> dict[str, str]:
+    """The versions results depend on (a new transformers release once changed ours)."""
+    import platform
+    from importlib.metadata import version
+
+    packages = ("torch", "transformers", "lightning", "torchmetrics", "tokenizers", "numpy")
+    return {"python": platform.python_version(), **{p: version(p) for p in packages}}
+
+
+def train_set_stats(datamodule, benchmark) -> dict:
+    """What the student was trained on: examples, distinct questions, and (where one correct path
+    exists per question) how many traces differ from it in some step: the RFT table compares these."""
+    examples = [x.example for x in datamodule.encoded["train"]]
+    stats: dict[str, Any] = {
+        "examples": len(examples),
+        "questions": len({ex.uid.split("#")[0] for ex in examples}),  # a trace row is "<question uid>#<row>"
+        "wrong_steps": None,
+    }
+    if getattr(benchmark, "unique_paths", False) and not datamodule.answer_only:
+
+        def words(ex) -> list[str]:
+            return [" ".join(s.text.split()) for s in ex.steps]
+
+        gold = {ex.uid: words(ex) for split in benchmark.splits().values() for ex in split}
+        stats["wrong_steps"] = sum(words(ex) != gold[ex.uid.split("#")[0]] for ex in examples)
+    return stats
+
+
+def depth_table(depths: list[int], columns: dict[str, dict[str, float]], metric: str = "chain_acc") -> str:
+    """Markdown table: one row per depth plus an overall row, one column per model."""
+    names = list(columns)
+    lines = ["| depth | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for key, label in [(f"{metric}/depth_{d}", str(d)) for d in depths] + [(metric, "all")]:
+        lines.append(f"| {label} | " + " | ".join(f"{columns[n].get(key, float('nan')):.3f}" for n in names) + " |")
+    return "\n".join(lines)

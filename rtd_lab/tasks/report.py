@@ -1,0 +1,104 @@
+"""``task=report``: the one reporting path.
+
+    python -m rtd_lab task=report report.sweep_dir=multirun/<date>/<time>            # table, statistics, plots
+    python -m rtd_lab task=report 'report.sweep_dir=[multirun/a,multirun/b]'         # seeds from two sweeps
+    python -m rtd_lab task=report report.sweep_dir=runs report.summary_only=true     # plain depth tables
+    python -m rtd_lab task=report report.sweep_dir=... report.recompute_cka=true     # CKA from checkpoints first
+
+What the report holds: ``rtd_lab.report``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from rtd_lab.diagnostics import boundary_cka
+from rtd_lab.models.provision import prepare_student, prepare_teacher
+from rtd_lab.report import (
+    build_report,
+    job_overrides,
+    load_results,
+    log_to_wandb,
+    per_seed_table,
+    plot_report,
+    read_sweep,
+    report_markdown,
+    summarize,
+)
+from rtd_lab.tasks.settings import build_context, student_settings, teacher_settings
+from rtd_lab.utils import atomic_write_json, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+
+def recompute_cka(job: Path) -> dict:
+    """Recompute the CKA diagnostics of a finished run from its checkpoint (and the cached teacher),
+    and update its results.json: for runs made before a change to the CKA definition."""
+    results = json.loads((job / "results.json").read_text())
+    cfg = OmegaConf.create(results["config"])
+    datamodule = hydra.utils.instantiate(cfg.data)
+    ctx = build_context(cfg)
+    teacher, tokenizer, _ = prepare_teacher(teacher_settings(cfg.teacher), ctx, datamodule.benchmark)
+    student = prepare_student(student_settings(cfg.student), ctx, tokenizer, teacher, cfg.seed)
+    state = torch.load(job / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    student.load_state_dict({k[len("student.") :]: v for k, v in state.items() if k.startswith("student.")})
+    student.eval()
+    datamodule.connect(tokenizer)
+    layer = cfg.method.get("student_layer", -1)
+    cka = boundary_cka(student, teacher.model, datamodule.test_dataloader(), layer, teacher.layer, torch.device("cpu"))
+    results["diagnostics"] = {**(results.get("diagnostics") or {}), **cka}
+    atomic_write_json(job / "results.json", results)
+    return cka
+
+
+def run_report(cfg: DictConfig) -> dict:
+    """``task=report``: the report of ``report.sweep_dir`` (one folder or a list)."""
+    r = cfg.report
+    if not r.get("sweep_dir"):
+        raise ValueError(
+            "report.sweep_dir is not set: python -m rtd_lab task=report report.sweep_dir=multirun/<date>/<time>"
+        )
+    given = list(r.sweep_dir) if isinstance(r.sweep_dir, list | ListConfig) else [r.sweep_dir]
+    sweeps = [Path(hydra.utils.to_absolute_path(str(d))) for d in given]
+    for sweep in sweeps:
+        if not sweep.is_dir():
+            raise FileNotFoundError(f"report.sweep_dir: {sweep} is not a directory")
+    if r.recompute_cka:
+        for sweep in sweeps:
+            for results in sorted(sweep.rglob("results.json")):
+                if (results.parent / "checkpoints" / "last.ckpt").exists():
+                    cka = recompute_cka(results.parent)
+                    log.info("%s: CKA %s", results.parent, {k: round(v, 3) for k, v in cka["cka"].items()})
+    if r.summary_only:  # the plain mean-over-seeds tables of any folders of runs: no statistics, plots or W&B
+        runs = load_results(sweeps)
+        text = f"{summarize(runs, r.metric)}\n\n{per_seed_table(runs, r.metric)}"
+        print(text)
+        return {"summary": text}
+    out = Path(hydra.utils.to_absolute_path(r.out_dir)) if r.out_dir else sweeps[0]
+    out.mkdir(parents=True, exist_ok=True)
+    runs, missing = [], []
+    ran = {sweep: job_overrides(sweep) for sweep in sweeps}
+    for sweep in sweeps:
+        found, lost = read_sweep(sweep, [o for other in sweeps if other != sweep for o in ran[other]])
+        runs += found
+        missing += lost
+    rep = build_report(runs, missing, r.baseline, r.n_bootstrap)
+    markdown = report_markdown(rep, ", ".join(map(str, given)))
+    images = plot_report(rep, out)
+    atomic_write_json(out / "report.json", rep)
+    atomic_write_text(out / "report.md", markdown)
+    print(markdown)
+    for m in missing:
+        log.warning("report: missing job: %s", m)
+    for w in rep["warnings"]:
+        log.warning("report: %s", w)
+    if r.wandb:
+        group = runs[0]["config"].get("group", "default")
+        rep["wandb_dir"] = log_to_wandb(rep, markdown, images, group, out)
+    return rep

@@ -1,0 +1,61 @@
+"""``task=segment``: the rule-based and the learned step segmenters scored against gold boundaries."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from rtd_lab.data.batch import encode_example
+from rtd_lab.data.segmenters import RULES, rule_boundaries
+from rtd_lab.models.provision import prepare_teacher
+from rtd_lab.tasks.settings import build_context, container, teacher_settings
+from rtd_lab.traces.segment import SegmenterSettings, apply_learned_boundaries, set_prf
+from rtd_lab.utils import atomic_write_json, atomic_write_text
+
+
+def run_segment(cfg: DictConfig) -> dict:
+    """``task=segment``: every segmenter against the gold boundaries of the validation split.
+
+    Rule-based segmenters are scored as they are; the learned classifier is trained on training
+    traces first (or loaded from its cache). Token-level precision / recall / F1, written to
+    ``<run dir>/segment_report.json`` and ``.md`` and printed.
+    """
+    datamodule = hydra.utils.instantiate(cfg.data)
+    benchmark = datamodule.benchmark
+    ctx = build_context(cfg)
+    teacher, tokenizer, _ = prepare_teacher(teacher_settings(cfg.teacher), ctx, benchmark)
+    datamodule.connect(tokenizer)
+    datamodule.setup()
+    val = datamodule.encoded["val"]
+    gold = [set(x.boundary_pos) for x in val]
+    fmt = benchmark.format
+    report: dict[str, dict] = {}
+    for rule in RULES:
+        predicted = [
+            set(
+                encode_example(
+                    x.example, tokenizer, fmt, segmenter=lambda t, r=rule: rule_boundaries(r, t, fmt)
+                ).boundary_pos
+            )
+            for x in val
+        ]
+        report[rule] = set_prf(predicted, gold)
+    info = apply_learned_boundaries(
+        datamodule,
+        teacher.model,
+        ctx.cache_dir,
+        key_parts={"teacher": str(teacher.model.name_or_path), "benchmark": ctx.benchmark},
+        settings=SegmenterSettings(**container(cfg.segment)),
+    )
+    report["learned"] = set_prf([set(x.boundary_pos) for x in datamodule.encoded["val"]], gold)
+    out = Path(cfg.paths.output_dir)
+    lines = ["| segmenter | precision | recall | F1 |", "|---|---|---|---|"]
+    lines += [f"| {k} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} |" for k, v in report.items()]
+    text = f"Step boundaries on the validation split ({len(val)} traces), token level:\n\n" + "\n".join(lines) + "\n"
+    atomic_write_json(out / "segment_report.json", {"segmenters": report, "classifier": info})
+
+    atomic_write_text(out / "segment_report.md", text)
+    print(text)
+    return report

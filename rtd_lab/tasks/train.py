@@ -1,0 +1,314 @@
+"""``task=train`` (the default): teacher (cached) → student distillation → evaluation → results.json.
+
+A plain function: ``python -m rtd_lab`` calls it through Hydra, tests call it directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+from rtd_lab.curriculum import DepthCurriculum
+from rtd_lab.data.datamodule import ReasoningDataModule
+from rtd_lab.diagnostics import DiagnosticsSettings, flat_diagnostics, run_diagnostics
+from rtd_lab.evaluation import Evaluator
+from rtd_lab.learning_curve import LearningCurve
+from rtd_lab.models.provision import prepare_student, prepare_teacher, student_base_info
+from rtd_lab.models.teacher import Teacher
+from rtd_lab.results import depth_table, environment, train_set_stats
+from rtd_lab.rundir import check_checkpoint, claim_run_dir
+from rtd_lab.tasks.rft import rft_dataset
+from rtd_lab.tasks.settings import build_context, container, method_name, student_settings, teacher_settings
+from rtd_lab.teacher_cache import CacheSpec, TeacherCache, TeacherCacheSettings, prepare_teacher_cache, teacher_identity
+from rtd_lab.traces.segment import SegmenterSettings, apply_learned_boundaries
+from rtd_lab.traces.teacher import examples_from_dataset, teacher_traces
+from rtd_lab.utils import atomic_write_json, atomic_write_jsonl, flatten
+
+log = logging.getLogger(__name__)
+
+
+def quiet_duplicate_logs() -> None:
+    # `import lightning` gives its logger a console handler of its own; under Hydra, whose root
+    # handlers already print to the console and the run's log file, every line would show twice.
+    if logging.getLogger().hasHandlers():
+        for handler in list(logging.getLogger("lightning").handlers):
+            logging.getLogger("lightning").removeHandler(handler)
+
+
+@dataclass
+class Prepared:
+    """Everything a run builds before training: shared by ``train`` and ``task=cache``."""
+
+    datamodule: ReasoningDataModule
+    teacher: Teacher
+    tokenizer: Any
+    teacher_info: dict
+    module: Any
+    method_name: str
+    evaluator: Evaluator
+    trace_report: Any
+    segmenter_info: dict | None
+    timings: dict
+    student_base: dict | None = None  # the base checkpoint the student started from (student.base)
+
+
+def prepare(cfg: DictConfig, out_dir: Path | None = None) -> Prepared:
+    """Teacher (cached), data (traces, boundaries), student and method, in that order."""
+    timings: dict[str, float] = {}
+    t0 = time.time()
+    ctx = build_context(cfg)
+    datamodule: ReasoningDataModule = hydra.utils.instantiate(cfg.data)
+    benchmark = datamodule.benchmark
+    teacher, tokenizer, teacher_info = prepare_teacher(teacher_settings(cfg.teacher), ctx, benchmark)
+    timings["teacher_ready"] = round(time.time() - t0, 1)
+
+    L.seed_everything(cfg.seed, workers=True)
+    s = student_settings(cfg.student)
+    student = prepare_student(s, ctx, tokenizer, teacher, cfg.seed)
+    student_base = student_base_info(s, ctx, tokenizer)
+    timings["student_ready"] = round(time.time() - t0, 1)
+    if out_dir is not None and rank_zero_only.rank == 0:
+        tokenizer.save_pretrained(out_dir / "tokenizer")
+    datamodule.connect(tokenizer)
+    evaluator = Evaluator(tokenizer, benchmark)
+    trace_report = None
+    if datamodule.trace_source != "gold":
+        t_traces = time.time()
+        if datamodule.trace_source == "teacher":
+            examples, trace_report = teacher_traces(
+                teacher.model, benchmark.splits()["train"], tokenizer, benchmark, cfg.data.eval_batch_size
+            )
+        elif datamodule.trace_source == "rft":  # SAMPLE -> FILTER here (cached), then train on what survives
+            examples, trace_report = examples_from_dataset(str(rft_dataset(cfg)), benchmark)
+        else:  # a SAMPLE or FILTER output on disk: rejection-sampling fine-tuning (RFT) and friends
+            examples, trace_report = examples_from_dataset(datamodule.trace_source, benchmark)
+        datamodule.use_train_traces(examples)
+        timings["teacher_traces"] = round(time.time() - t_traces, 1)
+    segmenter_info = None
+    if datamodule.boundaries == "learned":  # the RTD paper's boundary classifier on teacher hidden states
+        segmenter_info = apply_learned_boundaries(
+            datamodule,
+            teacher.model,
+            ctx.cache_dir,
+            key_parts={"teacher": str(teacher.model.name_or_path), "benchmark": ctx.benchmark},
+            settings=SegmenterSettings(**container(cfg.segment)),
+        )
+
+    module = hydra.utils.instantiate(
+        container(cfg.method),
+        student=student,
+        teacher=teacher,
+        evaluator=evaluator,
+        optimizer=hydra.utils.instantiate(cfg.optim.optimizer),
+        scheduler=hydra.utils.instantiate(cfg.optim.scheduler),
+    )
+    return Prepared(
+        datamodule,
+        teacher,
+        tokenizer,
+        teacher_info,
+        module,
+        method_name(cfg),
+        evaluator,
+        trace_report,
+        segmenter_info,
+        timings,
+        student_base,
+    )
+
+
+def attach_teacher_cache(cfg: DictConfig, p: Prepared, force_build: bool = False) -> TeacherCache | None:
+    """The offline teacher cache of this run's (teacher, training data, boundaries), per ``teacher_cache``."""
+    settings = TeacherCacheSettings(**container(cfg.teacher_cache))
+    if not p.module.needs_teacher or (settings.mode == "off" and not force_build):
+        return None
+    spec = CacheSpec(top_k=settings.top_k, layer=p.teacher.layer, dtype=settings.dtype, **p.module.cache_request())
+    p.datamodule.setup()
+    cache = prepare_teacher_cache(
+        settings,
+        p.teacher,
+        p.datamodule.encoded["train"],
+        spec,
+        teacher_identity(p.teacher_info, p.teacher.model),
+        build_context(cfg).cache_dir,
+        batch_size=cfg.data.eval_batch_size,
+        pad_id=p.tokenizer.pad_token_id,
+        force_build=force_build,
+    )
+    p.datamodule.teacher_cache = cache
+    return cache
+
+
+def resolve_ckpt_path(cfg: DictConfig, out_dir: Path) -> str | None:
+    """``ckpt_path``: a path, ``last`` (this run directory's last checkpoint), or null, which resumes
+    automatically when the run directory is reused and holds a checkpoint (an interrupted run)."""
+    last = out_dir / "checkpoints" / "last.ckpt"
+    ckpt = cfg.get("ckpt_path")
+    if ckpt == "last":
+        if not last.exists():
+            raise FileNotFoundError(
+                f"ckpt_path=last, but {last} does not exist (hydra.run.dir names the run to resume)"
+            )
+        check_checkpoint(last)
+        return str(last)
+    if ckpt is None:
+        # Lightning's SLURM auto-requeue saves hpc_ckpt_N.ckpt on the way out: the newest one wins.
+        found = [c for c in [last, *out_dir.glob("hpc_ckpt_*.ckpt")] if c.exists()]
+        if found:
+            newest = max(found, key=lambda c: c.stat().st_mtime)
+            log.info("resuming from %s (this run directory holds an interrupted run's checkpoint)", newest)
+            check_checkpoint(newest)
+            return str(newest)
+    if ckpt is not None and not Path(ckpt).exists():
+        raise FileNotFoundError(f"ckpt_path={ckpt}: no such checkpoint")
+    if ckpt is not None:
+        check_checkpoint(Path(ckpt))
+    return ckpt
+
+
+def check_launch(trainer: L.Trainer) -> None:
+    """Refuse the one combination that misbehaves: a local Hydra multirun with Lightning's DDP launcher.
+
+    Lightning starts ranks 1..N-1 by re-running the command line (``_SubprocessScriptLauncher``); in a
+    multirun that command line is the whole sweep, so every extra rank would start a sweep of its own.
+    Under SLURM (``hydra/launcher=submitit_slurm``) the ranks are SLURM tasks and nothing is re-run.
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if trainer.world_size == 1 or not HydraConfig.initialized():
+        return
+    launcher = getattr(trainer.strategy, "launcher", None)
+    relaunches = launcher is not None and type(launcher).__name__ == "_SubprocessScriptLauncher"
+    if relaunches and HydraConfig.get().mode == RunMode.MULTIRUN:
+        raise ValueError(
+            "trainer=ddp under a local multirun (-m): Lightning would re-run the whole sweep once per extra "
+            "rank. Run the jobs one by one (python -m rtd_lab trainer=ddp ...), or sweep on a cluster with "
+            "hydra/launcher=submitit_slurm, where SLURM starts the ranks (docs/scale.md, Multi-node on SLURM)."
+        )
+
+
+def train(cfg: DictConfig) -> dict:
+    """Run one experiment; returns what it writes to ``results.json``."""
+    quiet_duplicate_logs()
+    out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if rank_zero_only.rank == 0:
+        finished = claim_run_dir(out_dir, OmegaConf.to_container(cfg, resolve=True))
+        if finished is not None:
+            return finished
+    t0 = time.time()
+    p = prepare(cfg, out_dir)
+    datamodule, teacher, module, evaluator = p.datamodule, p.teacher, p.module, p.evaluator
+    benchmark, timings = datamodule.benchmark, p.timings
+    t_cache = time.time()
+    cache = attach_teacher_cache(cfg, p)
+    if cache is not None:
+        timings["teacher_cache"] = round(time.time() - t_cache, 1)
+
+    logger = hydra.utils.instantiate(cfg.logger) if cfg.get("logger") else False
+    if logger:
+        logger.log_hyperparams(flatten(OmegaConf.to_container(cfg, resolve=True)))
+    callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    curriculum: DepthCurriculum | None = hydra.utils.instantiate(cfg.curriculum) if cfg.get("curriculum") else None
+    if curriculum is not None:
+        callbacks.append(curriculum)
+    if not cfg.trainer.get("enable_progress_bar", True):
+        callbacks = [c for c in callbacks if not isinstance(c, TQDMProgressBar)]
+    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, logger=logger, callbacks=callbacks)
+    check_launch(trainer)
+
+    t1 = time.time()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg, out_dir))
+    timings["student_fit"] = round(time.time() - t1, 1)
+    if trainer.world_size > 1:
+        # Training is distributed; evaluation (greedy generation over the test split) runs once, on
+        # rank zero, with the trained student, and every other rank stops here.
+        trainer.strategy.barrier()
+        rank = trainer.global_rank
+        # Rank zero goes on alone: no collective (e.g. a torchmetrics sync) may wait for the others.
+        torch.distributed.destroy_process_group()
+        if rank != 0:
+            return {}
+
+    t2 = time.time()
+    if trainer.world_size > 1:
+        student_metrics, module.test_records = evaluator.evaluate(module.student, datamodule.test_dataloader(), "test")
+        if logger:
+            logger.log_metrics({f"test/{k}": v for k, v in student_metrics.items()}, step=trainer.global_step)
+    else:
+        trainer.test(module, datamodule=datamodule, verbose=False)
+        student_metrics = {k: float(v) for k, v in module.test_metric.compute().items()}
+    timings["student_eval"] = round(time.time() - t2, 1)
+
+    t3 = time.time()
+    teacher.to(module.device)
+    teacher_metrics, teacher_records = evaluator.evaluate(teacher.model, datamodule.test_dataloader(), "teacher eval")
+    timings["teacher_eval"] = round(time.time() - t3, 1)
+    diagnostics = None
+    diag_settings = DiagnosticsSettings(**container(cfg.diagnostics))
+    if diag_settings.enabled:
+        t4 = time.time()
+        diagnostics = run_diagnostics(
+            diag_settings, module, teacher.model, teacher.layer, datamodule, evaluator, student_metrics
+        )
+        timings["diagnostics"] = round(time.time() - t4, 1)
+    timings["total"] = round(time.time() - t0, 1)
+
+    results = {
+        "method": p.method_name,
+        "run": cfg.get("run_name", p.method_name),
+        "seed": cfg.seed,
+        "depths": benchmark.depths,
+        "teacher": {**{k: v for k, v in p.teacher_info.items() if k != "config"}, "metrics": teacher_metrics},
+        "student": {
+            "metrics": student_metrics,
+            "steps": trainer.global_step,
+            "base": p.student_base,
+            "learning_curve": next((c.summary() for c in callbacks if isinstance(c, LearningCurve)), None),
+        },
+        "curriculum": curriculum.summary() if curriculum is not None else None,
+        "method_info": module.summary() if hasattr(module, "summary") else None,  # e.g. the PRM's report
+        "teacher_traces": asdict(p.trace_report) if p.trace_report else None,
+        "segmenter": p.segmenter_info,
+        "teacher_cache": {"path": str(cache.path), "tail": cache.tail, **cache.manifest["stats"]} if cache else None,
+        "train_set": train_set_stats(datamodule, benchmark),
+        "skipped_records": dict(getattr(benchmark, "skipped", None) or {}),  # data.benchmark.on_error=skip
+        "diagnostics": diagnostics,
+        "timings_seconds": timings,
+        "environment": environment(),
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+    atomic_write_json(out_dir / "results.json", results)
+    atomic_write_jsonl(out_dir / "predictions_student.jsonl", module.test_records)
+    atomic_write_jsonl(out_dir / "predictions_teacher.jsonl", teacher_records)
+    if logger:
+        logger.log_metrics({f"teacher/{k}": v for k, v in teacher_metrics.items()}, step=trainer.global_step)
+        if diagnostics:
+            logger.log_metrics(flat_diagnostics(diagnostics), step=trainer.global_step)
+        logger.finalize("success")
+        if isinstance(logger, WandbLogger):
+            # Close the run: the next job of a multirun, in this same process, must start its own.
+            logger.experiment.finish()
+
+    run_name = results["run"]
+    columns = {"teacher": teacher_metrics, f"student ({run_name})": student_metrics}
+    print(f"\nChain accuracy by depth, test split ({out_dir / 'results.json'}):")
+    print(depth_table(benchmark.depths, columns))
+    print(
+        f"student {run_name}: answer acc {student_metrics['answer_acc']:.3f}, "
+        f"step acc {student_metrics['step_acc']:.3f}, chain acc {student_metrics['chain_acc']:.3f}; "
+        f"wall time {timings['total']:.0f}s"
+    )
+    return results
