@@ -94,10 +94,17 @@ def cached_batches(cfg, dm, module, steps: int) -> tuple[list[dict], dict]:
         force_build=True,
     )
     dm.teacher_cache = cache
-    loader = iter(dm.train_dataloader())
-    batches = [next(loader) for _ in range(steps)]
+    batches = fixed_batches(dm, steps)
     dm.teacher_cache = None
     return batches, cache.manifest["stats"]
+
+
+def fixed_batches(dm, steps: int) -> list[dict]:
+    """``steps`` training batches, epoch after epoch (the default transfer set is 8 batches long)."""
+    batches: list[dict] = []
+    while len(batches) < steps:
+        batches += itertools.islice(iter(dm.train_dataloader()), steps - len(batches))
+    return batches
 
 
 WARM = 20  # steady state: steps after the first WARM (start-up, allocator, first-step costs excluded)
@@ -177,8 +184,7 @@ def setup(args) -> tuple:
     cache = os.environ.get("RTD_LAB_CACHE", str(ROOT / ".cache" / "rtd_lab"))
     cfg, dm, kd_module = build("standard_kd", cache)
     _, _, rtd_module = build("rtd", cache)
-    loader = iter(dm.train_dataloader())
-    batches = [next(loader) for _ in range(args.steps)]  # the same batches for every contender
+    batches = fixed_batches(dm, args.steps)  # the same batches for every contender
     cached, cache_stats = cached_batches(cfg, dm, rtd_module, args.steps)  # KD and RTD share one cache
     for b in batches + cached:
         b.pop("examples", None)  # python objects: not part of the math
