@@ -32,11 +32,11 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
+from rtd_lab.models.teacher import SparseLogits, TeacherOutput
 from rtd_lab.utils import artifact_key, atomic_write_json, sha256_file
 
 log = logging.getLogger(__name__)
@@ -234,6 +234,9 @@ class TeacherCache:
     def __len__(self) -> int:
         return self.manifest["n_examples"]
 
+    def spec_hint_names(self) -> set[str]:
+        return {f"hint_{i}" for i in self.spec.hint_layers}
+
     def row(self, i: int) -> dict[str, np.ndarray]:
         for start, end, a in self.shards:
             if start <= i < end:
@@ -339,25 +342,35 @@ def prepare_teacher_cache(
     return TeacherCache(path, manifest)
 
 
-def collate_cache(cache: TeacherCache, items: list, T: int, K: int) -> dict[str, Any]:
-    """The cached teacher outputs of a batch of ``Encoded`` items, placed and padded like its tokens.
-
-    Returns values / indices (B, T, k) and lse (B, T) at the positions that predict a supervised
-    token (zeros elsewhere: those positions carry no label), boundary states (B, K, D) and hint
-    states (B, T, D) per stored layer.
+def cached_outputs(cache: TeacherCache, batch: dict, hidden_layers: list[int] | None = None):
+    """The cached teacher outputs of a training batch, placed and padded like its tokens: a
+    ``TeacherOutput`` with the top-k logits (``SparseLogits``, at the positions that predict a
+    supervised token; zeros elsewhere, where no label is) and the boundary states (B, K, D), plus
+    the hint states (B, T, D) of ``hidden_layers``. Read by the example's ``row`` in the training
+    split; the batch's own tensors give each example's length, prompt length and boundary count.
     """
-    per = [cache.row(x.row) for x in items]
-    B, k = len(items), per[0]["topk_values"].shape[1]
-    d = per[0]["boundary_hidden"].shape[-1]
+    B, T = batch["input_ids"].shape
+    K = batch["boundary_mask"].size(1)
+    lengths = batch["attention_mask"].sum(1).tolist()
+    prompt_lens = (batch["labels"] != -100).int().argmax(1).tolist()  # the first supervised token
+    n_boundaries = batch["boundary_mask"].sum(1).tolist()
+    missing = [i for i in hidden_layers or () if f"hint_{i}" not in cache.spec_hint_names()]
+    if missing:
+        raise RuntimeError(f"the teacher cache holds no hidden states of layers {missing}")
+    per = [cache.row(int(r)) for r in batch["row"]]
+    k, d = per[0]["topk_values"].shape[1], per[0]["boundary_hidden"].shape[-1]
     values, indices, lse = torch.zeros(B, T, k), torch.zeros(B, T, k, dtype=torch.long), torch.zeros(B, T)
     boundary = torch.zeros(B, K, d)
-    hints = {name: torch.zeros(B, T, d) for name in per[0] if name.startswith("hint_")}
-    for b, (x, row) in enumerate(zip(items, per, strict=True)):
-        sl = slice(x.prompt_len - 1, len(x.input_ids) - 1)
+    hints = {i: torch.zeros(B, T, d) for i in hidden_layers or ()}
+    for b, row in enumerate(per):
+        sl = slice(prompt_lens[b] - 1, lengths[b] - 1)
         values[b, sl] = torch.from_numpy(np.asarray(row["topk_values"], dtype=np.float32))
         indices[b, sl] = torch.from_numpy(np.asarray(row["topk_indices"], dtype=np.int64))
         lse[b, sl] = torch.from_numpy(np.asarray(row["lse"], dtype=np.float32))
-        boundary[b, : len(x.boundary_pos)] = torch.from_numpy(np.asarray(row["boundary_hidden"], dtype=np.float32))
-        for name in hints:
-            hints[name][b, : len(x.input_ids)] = torch.from_numpy(np.asarray(row[name], dtype=np.float32))
-    return {"values": values, "indices": indices, "lse": lse, "boundary": boundary, "hints": hints}
+        boundary[b, : n_boundaries[b]] = torch.from_numpy(np.asarray(row["boundary_hidden"], dtype=np.float32))
+        for i in hints:
+            hints[i][b, : lengths[b]] = torch.from_numpy(np.asarray(row[f"hint_{i}"], dtype=np.float32))
+    device = batch["input_ids"].device
+    logits = SparseLogits(values.to(device), indices.to(device), lse.to(device), cache.tail)
+    layers = tuple(hints[i].to(device) for i in hidden_layers) if hidden_layers else None
+    return TeacherOutput(logits, boundary.to(device), layers)

@@ -12,6 +12,7 @@ A batch (B examples, T tokens, K = most steps in the batch, P = longest prompt):
     depth           (B,)
     prompt_ids      (B, P)  the prompt alone, left-padded, for generation
     prompt_mask     (B, P)
+    row             (B,)    each example's index in its split (the offline teacher cache is read by it)
     examples        list of the B ReasoningExample objects (gold steps for scoring)
 """
 
@@ -71,13 +72,11 @@ def move_batch(batch: dict, device: torch.device) -> dict:
 
 
 class Collator:
-    """Pads a list of ``Encoded`` into the batch above; with a ``teacher_cache``, adds the cached
-    teacher outputs as ``teacher_topk_values|indices`` (B, T, k), ``teacher_lse`` (B, T),
-    ``teacher_boundary_hidden`` (B, K, D) and ``teacher_hint_<layer>`` (B, T, D)."""
+    """Pads a list of ``Encoded`` into the batch above (data only: the teacher's outputs, online or
+    from the offline cache by ``row``, are the method's to fetch)."""
 
-    def __init__(self, pad_id: int, teacher_cache=None):
+    def __init__(self, pad_id: int):
         self.pad_id = pad_id
-        self.teacher_cache = teacher_cache
 
     def __call__(self, items: list[Encoded]) -> dict:
         B = len(items)
@@ -100,27 +99,14 @@ class Collator:
             boundary_mask[b, :k] = True
             prompt_ids[b, P - p :] = torch.tensor(x.input_ids[:p])  # left padding for generation
             prompt_mask[b, P - p :] = 1
-        cached = {}
-        if self.teacher_cache is not None:
-            from rtd_lab.teacher_cache import collate_cache
-
-            c = collate_cache(self.teacher_cache, items, T, K)
-            cached = {
-                "teacher_topk_values": c["values"],
-                "teacher_topk_indices": c["indices"],
-                "teacher_lse": c["lse"],
-                "teacher_boundary_hidden": c["boundary"],
-                "teacher_cache_tail": self.teacher_cache.tail,  # how the loss treats the top-k's tail
-                **{f"teacher_{name}": h for name, h in c["hints"].items()},
-            }
         return {
-            **cached,
             "input_ids": input_ids,
             "attention_mask": attention_mask,
             "labels": labels,
             "boundary_pos": boundary_pos,
             "boundary_mask": boundary_mask,
             "depth": torch.tensor([x.example.depth for x in items]),
+            "row": torch.tensor([x.row for x in items]),
             "prompt_ids": prompt_ids,
             "prompt_mask": prompt_mask,
             "examples": [x.example for x in items],

@@ -98,8 +98,6 @@ class ReasoningDataModule(L.LightningDataModule):
         # Set by the depth curriculum (rtd_lab.curriculum): train on chains of depth <= this.
         # None: every depth, plain shuffled batches.
         self.max_train_depth: int | None = None
-        # The offline teacher outputs of the training split (rtd_lab.teacher_cache), set by train().
-        self.teacher_cache = None
 
     def use_train_traces(self, examples: list[ReasoningExample]) -> None:
         """Train on these examples (same questions, other traces) instead of the benchmark's."""
@@ -220,7 +218,7 @@ class ReasoningDataModule(L.LightningDataModule):
         return ResumableLoader(
             train,
             batch_sampler=sampler,
-            collate_fn=Collator(self.tokenizer.pad_token_id, self.teacher_cache),
+            collate_fn=Collator(self.tokenizer.pad_token_id),
             num_workers=self.num_workers,
             consumed_fn=self._consumed,
         )

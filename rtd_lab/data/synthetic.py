@@ -232,7 +232,7 @@ class SyntheticBenchmark:
     # checked against the gold ones (FILTER reports traces with the right answer but a wrong step).
     unique_paths = True
 
-    SETTINGS = SyntheticConfig  # what data.benchmark may set (rtd_lab.preflight checks it before any work)
+    SETTINGS = SyntheticConfig  # what data.benchmark may set (rtd_lab.tasks.preflight checks it before any work)
 
     def __init__(self, **kwargs):
         self.cfg = SyntheticConfig(**kwargs)

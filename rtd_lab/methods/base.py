@@ -19,7 +19,8 @@ from torch import nn
 
 from rtd_lab.evaluation import Evaluator
 from rtd_lab.metrics import ReasoningAccuracy
-from rtd_lab.models.teacher import SparseLogits, Teacher, TeacherOutput
+from rtd_lab.models.teacher import Teacher, TeacherOutput
+from rtd_lab.teacher_cache import cached_outputs
 
 
 def rng_states() -> dict:
@@ -81,6 +82,8 @@ class ReasoningModule(L.LightningModule):
         # The teacher is frozen and cached on disk by its own key: keep it out of checkpoints.
         self.strict_loading = False
         self._rng_to_restore: dict | None = None  # from a checkpoint: see on_train_batch_start
+        # The offline teacher outputs of the training split (rtd_lab.teacher_cache), when the run has them.
+        self.teacher_cache = None
 
     @classmethod
     def check_settings(cls, settings: dict) -> None:
@@ -125,22 +128,12 @@ class ReasoningModule(L.LightningModule):
     def teacher_forward(
         self, batch: dict, boundaries: bool = False, hidden_layers: list[int] | None = None
     ) -> TeacherOutput:
-        """The teacher's outputs on a batch: read from the offline cache when the batch carries them
-        (training batches, ``rtd_lab.teacher_cache``), else a forward pass of the frozen teacher."""
-        if "teacher_topk_indices" in batch:
-            logits = SparseLogits(
-                batch["teacher_topk_values"],
-                batch["teacher_topk_indices"],
-                batch["teacher_lse"],
-                batch["teacher_cache_tail"],
-            )
-            layers = None
-            if hidden_layers:
-                missing = [i for i in hidden_layers if f"teacher_hint_{i}" not in batch]
-                if missing:
-                    raise RuntimeError(f"the teacher cache holds no hidden states of layers {missing}")
-                layers = tuple(batch[f"teacher_hint_{i}"] for i in hidden_layers)
-            return TeacherOutput(logits, batch["teacher_boundary_hidden"] if boundaries else None, layers)
+        """The one provider of the teacher's outputs: while training with an offline cache
+        (``rtd_lab.teacher_cache``, which holds the training split), read by the batch's rows;
+        otherwise a forward pass of the frozen teacher (validation, test, or no cache)."""
+        if self.teacher_cache is not None and self.training:
+            out = cached_outputs(self.teacher_cache, batch, hidden_layers)
+            return out if boundaries else out._replace(boundary_hidden=None)
         return self.teacher(
             batch["input_ids"], boundary_pos=batch["boundary_pos"] if boundaries else None, hidden_layers=hidden_layers
         )

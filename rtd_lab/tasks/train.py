@@ -146,7 +146,7 @@ def attach_teacher_cache(cfg: DictConfig, p: Prepared, force_build: bool = False
         pad_id=p.tokenizer.pad_token_id,
         force_build=force_build,
     )
-    p.datamodule.teacher_cache = cache
+    p.module.teacher_cache = cache
     return cache
 
 
