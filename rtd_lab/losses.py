@@ -232,7 +232,7 @@ def coherence_loss(
         mask: (B, K-1) bool, True for the k-1 real transitions of each chain (see ``transitions``).
 
     Chains with k < 2 have no transition and contribute nothing; a batch of only such chains
-    gives 0, never NaN. Squaring, as the seed says, tolerates small deviations and punishes large ones.
+    gives 0, never NaN. Squaring, as the RTD paper says, tolerates small deviations and punishes large ones.
     """
     cos = F.cosine_similarity(delta_s_proj.float(), delta_t.float(), dim=-1, eps=1e-8)  # (B, K-1)
     return _per_chain_mean((1.0 - cos) ** 2, mask, count_fn)

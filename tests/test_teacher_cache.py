@@ -74,12 +74,15 @@ def test_cached_losses_equal_online_losses(make_cfg, experiment):
     assert cache is not None and str(cache.path) == info["path"]
     batch = next(iter(p.datamodule.train_dataloader()))
     assert not any(k.startswith("teacher") for k in batch)  # the batch carries data only
-    assert p.module.teacher_cache is cache and p.module.training
+    assert p.module.teacher_cache is cache and batch["split"] == "train"
     if experiment == "fitnets":
         assert cache.spec_hint_names() == {f"hint_{i}" for i in p.module.teacher_layers}
     cached = p.module.compute_losses(batch)
     p.module.teacher_cache = None  # the same batch, the teacher online
     online = p.module.compute_losses(batch)
+    p.module.teacher_cache = cache  # the cache holds the training split: other splits' rows run online
+    val = next(iter(p.datamodule.val_dataloader()))
+    assert torch.is_tensor(p.module.teacher_forward(val).logits)
     for name in online:
         assert float(cached[name]) == pytest.approx(float(online[name]), rel=1e-5, abs=1e-6), name
 

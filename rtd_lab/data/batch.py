@@ -12,6 +12,7 @@ A batch (B examples, T tokens, K = most steps in the batch, P = longest prompt):
     depth           (B,)
     prompt_ids      (B, P)  the prompt alone, left-padded, for generation
     prompt_mask     (B, P)
+    split           "train" | "val" | "test" | None: the split the rows index
     row             (B,)    each example's index in its split (the offline teacher cache is read by it)
     examples        list of the B ReasoningExample objects (gold steps for scoring)
 """
@@ -73,10 +74,11 @@ def move_batch(batch: dict, device: torch.device) -> dict:
 
 class Collator:
     """Pads a list of ``Encoded`` into the batch above (data only: the teacher's outputs, online or
-    from the offline cache by ``row``, are the method's to fetch)."""
+    from the offline cache by ``split`` and ``row``, are the method's to fetch)."""
 
-    def __init__(self, pad_id: int):
+    def __init__(self, pad_id: int, split: str | None = None):
         self.pad_id = pad_id
+        self.split = split  # the split the items' rows index (None: not a split of the DataModule)
 
     def __call__(self, items: list[Encoded]) -> dict:
         B = len(items)
@@ -106,6 +108,7 @@ class Collator:
             "boundary_pos": boundary_pos,
             "boundary_mask": boundary_mask,
             "depth": torch.tensor([x.example.depth for x in items]),
+            "split": self.split,
             "row": torch.tensor([x.row for x in items]),
             "prompt_ids": prompt_ids,
             "prompt_mask": prompt_mask,

@@ -163,7 +163,7 @@ class ReasoningDataModule(L.LightningDataModule):
         return DataLoader(
             self.encoded[split],
             batch_size=self.eval_batch_size,
-            collate_fn=Collator(self.tokenizer.pad_token_id),
+            collate_fn=Collator(self.tokenizer.pad_token_id, split),
             num_workers=self.num_workers,
             drop_last=False,
         )
@@ -178,7 +178,9 @@ class ReasoningDataModule(L.LightningDataModule):
         items = [x for x in self.encoded["val"] if x.example.depth <= max_depth]
         if not items:
             raise ValueError(f"no validation example has depth <= {max_depth} (curriculum.stages)")
-        return DataLoader(items, batch_size=self.eval_batch_size, collate_fn=Collator(self.tokenizer.pad_token_id))
+        return DataLoader(
+            items, batch_size=self.eval_batch_size, collate_fn=Collator(self.tokenizer.pad_token_id, "val")
+        )
 
     def _distributed(self) -> tuple[int, int]:
         """(rank, world size) of the attached trainer; (0, 1) outside one."""
@@ -218,7 +220,7 @@ class ReasoningDataModule(L.LightningDataModule):
         return ResumableLoader(
             train,
             batch_sampler=sampler,
-            collate_fn=Collator(self.tokenizer.pad_token_id),
+            collate_fn=Collator(self.tokenizer.pad_token_id, "train"),
             num_workers=self.num_workers,
             consumed_fn=self._consumed,
         )

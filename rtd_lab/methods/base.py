@@ -128,10 +128,10 @@ class ReasoningModule(L.LightningModule):
     def teacher_forward(
         self, batch: dict, boundaries: bool = False, hidden_layers: list[int] | None = None
     ) -> TeacherOutput:
-        """The one provider of the teacher's outputs: while training with an offline cache
-        (``rtd_lab.teacher_cache``, which holds the training split), read by the batch's rows;
-        otherwise a forward pass of the frozen teacher (validation, test, or no cache)."""
-        if self.teacher_cache is not None and self.training:
+        """The one provider of the teacher's outputs: for a training-split batch when the run has an
+        offline cache (``rtd_lab.teacher_cache``, which holds the training split), read by the
+        batch's rows; otherwise a forward pass of the frozen teacher."""
+        if self.teacher_cache is not None and batch.get("split") == "train":
             out = cached_outputs(self.teacher_cache, batch, hidden_layers)
             return out if boundaries else out._replace(boundary_hidden=None)
         return self.teacher(
