@@ -9,10 +9,18 @@ from omegaconf import DictConfig
 
 from rtd_lab.data.batch import encode_example
 from rtd_lab.data.segmenters import RULES, rule_boundaries
-from rtd_lab.models.provision import prepare_teacher
+from rtd_lab.models.provision import BuildContext, prepare_teacher
 from rtd_lab.tasks.settings import build_context, container, teacher_settings
 from rtd_lab.traces.segment import SegmenterSettings, apply_learned_boundaries, set_prf
 from rtd_lab.utils import atomic_write_json, atomic_write_text
+
+
+def learned_boundaries(cfg: DictConfig, ctx: BuildContext, datamodule, teacher) -> dict:
+    """The boundary classifier of ``segment:`` (trained or loaded) gives the datamodule's train and
+    val splits its boundaries; returns its info."""
+    key_parts = {"teacher": str(teacher.model.name_or_path), "benchmark": ctx.benchmark}
+    settings = SegmenterSettings(**container(cfg.segment))
+    return apply_learned_boundaries(datamodule, teacher.model, ctx.cache_dir, key_parts, settings)
 
 
 def run_segment(cfg: DictConfig) -> dict:
@@ -42,13 +50,7 @@ def run_segment(cfg: DictConfig) -> dict:
             for x in val
         ]
         report[rule] = set_prf(predicted, gold)
-    info = apply_learned_boundaries(
-        datamodule,
-        teacher.model,
-        ctx.cache_dir,
-        key_parts={"teacher": str(teacher.model.name_or_path), "benchmark": ctx.benchmark},
-        settings=SegmenterSettings(**container(cfg.segment)),
-    )
+    info = learned_boundaries(cfg, ctx, datamodule, teacher)
     report["learned"] = set_prf([set(x.boundary_pos) for x in datamodule.encoded["val"]], gold)
     out = Path(cfg.paths.output_dir)
     lines = ["| segmenter | precision | recall | F1 |", "|---|---|---|---|"]

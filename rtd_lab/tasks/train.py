@@ -29,9 +29,9 @@ from rtd_lab.models.teacher import Teacher
 from rtd_lab.results import depth_table, environment, train_set_stats
 from rtd_lab.rundir import check_checkpoint, claim_run_dir
 from rtd_lab.tasks.rft import rft_dataset
+from rtd_lab.tasks.segment import learned_boundaries
 from rtd_lab.tasks.settings import build_context, container, method_name, student_settings, teacher_settings
 from rtd_lab.teacher_cache import CacheSpec, TeacherCache, TeacherCacheSettings, prepare_teacher_cache, teacher_identity
-from rtd_lab.traces.segment import SegmenterSettings, apply_learned_boundaries
 from rtd_lab.traces.teacher import examples_from_dataset, teacher_traces
 from rtd_lab.utils import atomic_write_json, atomic_write_jsonl, flatten
 
@@ -97,13 +97,7 @@ def prepare(cfg: DictConfig, out_dir: Path | None = None) -> Prepared:
         timings["teacher_traces"] = round(time.time() - t_traces, 1)
     segmenter_info = None
     if datamodule.boundaries == "learned":  # the RTD paper's boundary classifier on teacher hidden states
-        segmenter_info = apply_learned_boundaries(
-            datamodule,
-            teacher.model,
-            ctx.cache_dir,
-            key_parts={"teacher": str(teacher.model.name_or_path), "benchmark": ctx.benchmark},
-            settings=SegmenterSettings(**container(cfg.segment)),
-        )
+        segmenter_info = learned_boundaries(cfg, ctx, datamodule, teacher)
 
     module = hydra.utils.instantiate(
         container(cfg.method),
