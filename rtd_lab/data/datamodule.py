@@ -80,7 +80,7 @@ class ReasoningDataModule(L.LightningDataModule):
         if boundaries not in ("gold", "learned", *RULES):
             raise ValueError(f"data.boundaries must be gold, learned or one of {list(RULES)}, got {boundaries!r}")
         # Where the training steps conclude: the benchmark's own steps, a rule-based segmenter, or
-        # the learned classifier (set with set_boundaries() by train()). Test scoring never uses them.
+        # the learned classifier (set with set_boundaries() by the train task). Test scoring never uses them.
         self.boundaries = boundaries
         if max_train_examples is not None and max_train_examples < 1:
             raise ValueError(f"data.max_train_examples must be >= 1 or null, got {max_train_examples}")

@@ -58,9 +58,9 @@ def check_config(cfg: DictConfig) -> None:
     for path, node in target_nodes(config):
         check_target(path, node)
     for path, cls in TYPED_BLOCKS.items():
-        node = OmegaConf.select(cfg, path)
+        node = _select(config, path)
         if node is not None:
-            check_settings(path, OmegaConf.to_container(node, resolve=True), cls)
+            check_settings(path, node, cls)
     check_known(cfg)
 
 
@@ -69,14 +69,10 @@ def check_settings(path: str, node: Any, cls: type) -> None:
     if not isinstance(node, Mapping):
         raise ValueError(f"{path} must be a mapping of settings, got {node!r}")
     hints = typing.get_type_hints(cls)
-    fields = {f.name for f in dataclasses.fields(cls)}
     required = {f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING}
     nested = {k.split(".", 1)[1] for k in TYPED_BLOCKS if k.startswith(path + ".")}
-    for key, value in node.items():
-        if key not in fields:
-            raise ValueError(f"{path}.{key} is not a setting of {path} (its settings: {sorted(fields)})")
-        if key not in nested and _matches(value, hints[key]) is False:
-            raise ValueError(f"{path}.{key} must be {_describe(hints[key])}, got {value!r} ({type(value).__name__})")
+    own = {k: v for k, v in node.items() if k not in nested}  # a nested block is checked as its own
+    check_fields(path, own, {k: v for k, v in hints.items() if k not in nested}, set(hints), False, path)
     missing = required - set(node)
     if missing:
         raise ValueError(f"{path}: missing setting(s) {sorted(missing)}")
@@ -85,6 +81,27 @@ def check_settings(path: str, node: Any, cls: type) -> None:
             cls(**node)  # the dataclass's own checks (e.g. teacher_cache.mode's choices)
         except (TypeError, ValueError) as err:
             raise ValueError(f"{path}: {err}" if not str(err).startswith(path) else str(err)) from err
+
+
+def check_fields(path: str, node: Mapping, hints: dict, names: set[str], open_: bool, owner: str) -> None:
+    """Unknown fields (unless ``open_``) and values whose type ``hints`` rule out, named by field."""
+    for key, value in node.items():
+        field = f"{path}.{key}" if path else key
+        if key not in names:
+            if not open_:
+                raise ValueError(f"{field} is not a setting of {owner} (its settings: {sorted(names)})")
+            continue
+        if key in hints and _matches(value, hints[key]) is False:
+            raise ValueError(f"{field} must be {_describe(hints[key])}, got {value!r} ({type(value).__name__})")
+
+
+def _select(config: dict, path: str) -> Any:
+    """``config``'s node at the dotted ``path``, or None."""
+    for key in path.split("."):
+        if not isinstance(config, Mapping) or key not in config:
+            return None
+        config = config[key]
+    return config
 
 
 def check_finite(node: Any, path: str = "") -> None:
@@ -146,16 +163,7 @@ def check_target(path: str, node: dict) -> None:
     except Exception as err:
         raise ValueError(f"{path}._target_: cannot import {node['_target_']!r} ({err})") from err
     hints, names, open_ = _signature(target)
-    for key, value in node.items():
-        if key in CONSUMED:
-            continue
-        field = f"{path}.{key}" if path else key
-        if key not in names:
-            if not open_:
-                raise ValueError(f"{field} is not a setting of {node['_target_']} (its settings: {sorted(names)})")
-            continue
-        if key in hints and _matches(value, hints[key]) is False:
-            raise ValueError(f"{field} must be {_describe(hints[key])}, got {value!r} ({type(value).__name__})")
+    check_fields(path, {k: v for k, v in node.items() if k not in CONSUMED}, hints, names, open_, node["_target_"])
     checks = getattr(target, "check_settings", None)
     if inspect.isclass(target) and target.__module__.startswith("rtd_lab.") and checks is not None:
         # Range checks a class can make without its models (a method's weights, the curriculum's ratios).
