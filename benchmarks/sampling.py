@@ -60,7 +60,7 @@ def main() -> None:
     with open_dict(cfg):
         cfg.paths.cache_dir = os.environ.get("RTD_LAB_CACHE", str(ROOT / ".cache" / "rtd_lab"))
         cfg.paths.output_dir = str(Path(args.out) / "_run")
-    benchmark = instantiate(cfg.data).benchmark
+    benchmark = instantiate(cfg.data.benchmark)
     teacher, tokenizer, _ = prepare_teacher(teacher_settings(cfg.teacher), build_context(cfg), benchmark)
     model = teacher.model.to(args.device)
     train = benchmark.splits()["train"]

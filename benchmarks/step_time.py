@@ -44,6 +44,8 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
 from torch.utils.data import DataLoader
 
+from rtd_lab.data.datamodule import ReasoningDataModule
+from rtd_lab.data.training_set import build_splits
 from rtd_lab.models.provision import prepare_student, prepare_teacher
 from rtd_lab.optim import warmup_cosine
 from rtd_lab.tasks.settings import build_context, student_settings, teacher_settings
@@ -58,12 +60,12 @@ def build(experiment: str, cache_dir: str):
         cfg = compose(config_name="config", overrides=[f"+experiment={experiment}", "curriculum=none", "logger=csv"])
     with open_dict(cfg):
         cfg.paths.cache_dir, cfg.paths.output_dir = cache_dir, str(ROOT / "benchmarks" / "results" / "_run")
-    dm = instantiate(cfg.data)
+    data = instantiate(cfg.data)
     ctx = build_context(cfg)
-    teacher, tokenizer, info = prepare_teacher(teacher_settings(cfg.teacher), ctx, dm.benchmark)
+    teacher, tokenizer, info = prepare_teacher(teacher_settings(cfg.teacher), ctx, data.benchmark)
     L.seed_everything(0)
     student = prepare_student(student_settings(cfg.student), ctx, tokenizer, teacher, 0)
-    dm.connect(tokenizer)
+    dm = ReasoningDataModule.from_settings(data, build_splits(data, tokenizer), tokenizer.pad_token_id)
     method = OmegaConf.to_container(cfg.method, resolve=True)
     module = instantiate(
         method,
@@ -81,7 +83,6 @@ def build_cache(cfg, dm, module):
     """The offline teacher cache of the training split (built here if missing)."""
     settings = TeacherCacheSettings(**OmegaConf.to_container(cfg.teacher_cache, resolve=True))
     spec = CacheSpec(top_k=settings.top_k, layer=module.teacher.layer, dtype=settings.dtype, **module.cache_request())
-    dm.setup()
     cache = prepare_teacher_cache(
         settings,
         module.teacher,
@@ -90,7 +91,7 @@ def build_cache(cfg, dm, module):
         teacher_identity(module.teacher_info, module.teacher.model),
         Path(cfg.paths.cache_dir),
         batch_size=cfg.data.eval_batch_size,
-        pad_id=dm.tokenizer.pad_token_id,
+        pad_id=dm.pad_id,
         force_build=True,
     )
     return cache

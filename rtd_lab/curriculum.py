@@ -121,7 +121,7 @@ class DepthCurriculum(Callback):
         dm = trainer.datamodule
         if dm is None or not hasattr(dm, "set_max_train_depth"):
             raise ValueError("curriculum=depth needs the ReasoningDataModule (stage filtering)")
-        depths = dm.benchmark.depths
+        depths = dm.train_depths
         if self.stages is None:
             self.stages = list(depths)
         if not self.stages or self.stages != sorted(set(self.stages)) or not set(self.stages) <= set(depths):
@@ -176,7 +176,7 @@ class DepthCurriculum(Callback):
             )
         loader = self.datamodule.stage_val_dataloader(self.stages[stage])
         first = move_batch(next(iter(loader)), pl_module.device)
-        reported = pl_module.compute_losses(first)
+        reported = pl_module.compute_losses(first, pl_module.item_counts(first))
         if metric not in reported:
             raise ValueError(
                 f"curriculum=depth ends a stage on the validation '{metric}' loss, which method "
@@ -211,7 +211,7 @@ class DepthCurriculum(Callback):
         for batch in self.datamodule.stage_val_dataloader(self.stages[self.stage]):
             batch = move_batch(batch, pl_module.device)
             size = batch["input_ids"].size(0)
-            total += float(pl_module.compute_losses(batch)[metric]) * size
+            total += float(pl_module.compute_losses(batch, pl_module.item_counts(batch))[metric]) * size
             n += size
         pl_module.train(was_training)
         return total / n

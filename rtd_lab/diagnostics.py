@@ -157,10 +157,10 @@ def least_squares_map(delta_s: torch.Tensor, delta_t: torch.Tensor) -> nn.Module
 
 @torch.no_grad()
 def transition_auroc(
-    module, teacher_model, datamodule, records: list[dict], student_layer: int, teacher_layer: int, device
+    module, teacher_model, datamodule, evaluator, records: list[dict], student_layer: int, teacher_layer: int, device
 ) -> dict:
     """AUROC of cos(W δ_S_i, δ_T_i) as a predictor of step i of the student's own trace being right."""
-    benchmark, tokenizer = datamodule.benchmark, datamodule.tokenizer
+    benchmark, tokenizer = evaluator.benchmark, evaluator.tokenizer
     fmt, pad = benchmark.format, tokenizer.pad_token_id
     student = module.student
     learned = module.transition_projection()
@@ -268,18 +268,18 @@ def run_diagnostics(
     student_layer = module.student_layer
     was_training = student.training
     student.eval()
-    out: dict = {"step_chain_gap": step_chain_gap(metrics, datamodule.benchmark.depths)}
+    out: dict = {"step_chain_gap": step_chain_gap(metrics, evaluator.benchmark.depths)}
     if settings.cka:
         out |= boundary_cka(student, teacher_model, datamodule.test_dataloader(), student_layer, teacher_layer, device)
     if settings.transition_auroc:
         out |= transition_auroc(
-            module, teacher_model, datamodule, module.test_records, student_layer, teacher_layer, device
+            module, teacher_model, datamodule, evaluator, module.test_records, student_layer, teacher_layer, device
         )
     k = settings.self_consistency_k
     if k:
         examples = [x.example for x in datamodule.encoded["test"]]
         t = settings.self_consistency_temperature
-        out["self_consistency"] = self_consistency(student, datamodule.tokenizer, datamodule.benchmark, examples, k, t)
+        out["self_consistency"] = self_consistency(student, evaluator.tokenizer, evaluator.benchmark, examples, k, t)
     out["quantized"] = {
         f"{bits}bit": quantized_metrics(student, evaluator, datamodule.test_dataloader(), bits)
         for bits in settings.quantize

@@ -57,7 +57,7 @@ def kd_loss(
     temperature: float = 4.0,
     divergence: str = "forward_kl",
     beta: float = 0.5,
-    count_fn=None,
+    num_items=None,
 ) -> KDLoss:
     """Standard knowledge distillation (Hinton et al. 2015), the RTD paper's baseline.
 
@@ -72,13 +72,14 @@ def kd_loss(
         alpha: weight of the distillation term, in [0, 1].
         temperature: T > 0; the T^2 factor keeps gradient scale independent of T.
         divergence: "forward_kl" (the RTD paper's), "reverse_kl" or "jsd" (with ``beta`` in [0, 1]).
-        count_fn: maps the local number of supervised tokens to the denominator of the means
-            (DDP: global count / world size, ``ReasoningModule.shard_count``); None: the local count.
+        num_items: the denominator of the means, a number: the batch's count of supervised tokens
+            (under DDP the global batch's count / world size, ``ReasoningModule.item_counts``);
+            None: counted here, from ``labels``.
 
     Only positions with ``labels != -100`` count, so the prompt is never distilled.
     """
     mask = labels != IGNORE_INDEX  # (B, T)
-    n = _count(mask.sum(), count_fn)
+    n = _count(mask.sum(), num_items)
     s = student_logits[mask].float()  # (N, V)
     log_p_s = F.log_softmax(s / temperature, dim=-1)
     log_p_t = F.log_softmax(teacher_logits[mask].float() / temperature, dim=-1)
@@ -151,7 +152,7 @@ def sparse_kd_loss(
     divergence: str = "forward_kl",
     beta: float = 0.5,
     tail: str = "bucket",
-    count_fn=None,
+    num_items=None,
 ) -> KDLoss:
     """``kd_loss`` with the teacher as stored by the offline cache: top-k logits, not all V.
 
@@ -162,15 +163,17 @@ def sparse_kd_loss(
     place of the teacher's (B, T, V) logits. The CE term is unchanged: it needs only the labels.
     """
     mask = labels != IGNORE_INDEX
-    n = _count(mask.sum(), count_fn)
+    n = _count(mask.sum(), num_items)
     s = student_logits[mask].float()
     log_p_s, log_p_t = sparse_log_probs(s, values[mask], indices[mask], lse[mask], temperature, tail)
     return _kd_terms(log_p_s, log_p_t, s, labels[mask], n, alpha, temperature, divergence, beta)
 
 
-def _count(local: torch.Tensor, count_fn=None) -> torch.Tensor:
-    """The denominator of a mean over items: the local count, or what ``count_fn`` makes of it (DDP)."""
-    return (local if count_fn is None else count_fn(local)).clamp(min=1)
+def _count(local: torch.Tensor, num_items=None) -> torch.Tensor:
+    """The denominator of a mean over items: ``num_items`` when given, else the local count; 1 when
+    there is nothing to average (the sum is 0 then, and so is the mean)."""
+    n = local if num_items is None else torch.as_tensor(num_items, device=local.device)
+    return torch.where(n > 0, n, torch.ones_like(n))
 
 
 def gather_boundaries(hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -187,23 +190,24 @@ def transitions(h: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torc
     return h[:, 1:] - h[:, :-1], mask[:, 1:] & mask[:, :-1]
 
 
-def _per_chain_mean(per_boundary: torch.Tensor, mask: torch.Tensor, count_fn=None) -> torch.Tensor:
+def _per_chain_mean(per_boundary: torch.Tensor, mask: torch.Tensor, num_items=None) -> torch.Tensor:
     """(B, K) values → mean over each chain's real entries, then over chains that have any.
 
     A batch with no real entry gives 0 that is still attached to the graph (DDP needs every
-    parameter to get a gradient, and a NaN would poison the run). ``count_fn``: see ``kd_loss``.
+    parameter to get a gradient, and a NaN would poison the run). ``num_items``: the number of chains
+    with a real entry (see ``kd_loss``); None: counted here.
     """
     mask = mask.to(per_boundary.dtype)
     counts = mask.sum(dim=1)  # (B,)
     has_any = counts > 0
-    n_chains = _count(has_any.sum(), count_fn)
+    n_chains = _count(has_any.sum(), num_items)
     if not has_any.any():
         return (per_boundary * 0.0).sum()
     per_chain = (per_boundary * mask).sum(dim=1)[has_any] / counts[has_any]
-    return per_chain.mean() if count_fn is None else per_chain.sum() / n_chains
+    return per_chain.mean() if num_items is None else per_chain.sum() / n_chains
 
 
-def align_loss(h_s_proj: torch.Tensor, h_t: torch.Tensor, mask: torch.Tensor, count_fn=None) -> torch.Tensor:
+def align_loss(h_s_proj: torch.Tensor, h_t: torch.Tensor, mask: torch.Tensor, num_items=None) -> torch.Tensor:
     """Step-boundary representation alignment (the RTD paper):
 
         L_align = (1/k) * sum_i (1 - cos(f(h_S_i), h_T_i))
@@ -216,11 +220,11 @@ def align_loss(h_s_proj: torch.Tensor, h_t: torch.Tensor, mask: torch.Tensor, co
     Averaged over each chain's k boundaries, then over the chains of the batch.
     """
     cos = F.cosine_similarity(h_s_proj.float(), h_t.float(), dim=-1, eps=1e-8)  # (B, K)
-    return _per_chain_mean(1.0 - cos, mask, count_fn)
+    return _per_chain_mean(1.0 - cos, mask, num_items)
 
 
 def coherence_loss(
-    delta_s_proj: torch.Tensor, delta_t: torch.Tensor, mask: torch.Tensor, count_fn=None
+    delta_s_proj: torch.Tensor, delta_t: torch.Tensor, mask: torch.Tensor, num_items=None
 ) -> torch.Tensor:
     """Reasoning coherence loss (the RTD paper), on step transition vectors delta_i = h_{i+1} - h_i:
 
@@ -235,10 +239,10 @@ def coherence_loss(
     gives 0, never NaN. Squaring, as the RTD paper says, tolerates small deviations and punishes large ones.
     """
     cos = F.cosine_similarity(delta_s_proj.float(), delta_t.float(), dim=-1, eps=1e-8)  # (B, K-1)
-    return _per_chain_mean((1.0 - cos) ** 2, mask, count_fn)
+    return _per_chain_mean((1.0 - cos) ** 2, mask, num_items)
 
 
-def hint_loss(h_s_proj: torch.Tensor, h_t: torch.Tensor, mask: torch.Tensor, count_fn=None) -> torch.Tensor:
+def hint_loss(h_s_proj: torch.Tensor, h_t: torch.Tensor, mask: torch.Tensor, num_items=None) -> torch.Tensor:
     """FitNets hint loss (Romero et al. 2015), at every token rather than at step boundaries:
 
         L_hint = mean over real tokens t and dimensions d of (W h_S[t] - h_T[t])_d^2
@@ -249,15 +253,15 @@ def hint_loss(h_s_proj: torch.Tensor, h_t: torch.Tensor, mask: torch.Tensor, cou
         mask: (B, T) True on real (non-padding) tokens.
     """
     mask = mask.bool()
-    n = _count(mask.sum(), count_fn)
+    n = _count(mask.sum(), num_items)
     if not mask.any():
         return (h_s_proj * 0.0).sum()
-    if count_fn is None:
+    if num_items is None:
         return F.mse_loss(h_s_proj[mask].float(), h_t[mask].float())
     return F.mse_loss(h_s_proj[mask].float(), h_t[mask].float(), reduction="sum") / (n * h_t.size(-1))
 
 
-def cosine_hidden_loss(h_s_proj: torch.Tensor, h_t: torch.Tensor, mask: torch.Tensor, count_fn=None) -> torch.Tensor:
+def cosine_hidden_loss(h_s_proj: torch.Tensor, h_t: torch.Tensor, mask: torch.Tensor, num_items=None) -> torch.Tensor:
     """Cosine-embedding hidden-state loss (DistilBERT's L_cos, Sanh et al. 2019), at every supervised token:
 
         L_cos = mean over masked tokens t of (1 - cos(W h_S[t], h_T[t]))
@@ -268,7 +272,7 @@ def cosine_hidden_loss(h_s_proj: torch.Tensor, h_t: torch.Tensor, mask: torch.Te
         mask: (B, T) True on the tokens to match.
     """
     mask = mask.bool()
-    n = _count(mask.sum(), count_fn)
+    n = _count(mask.sum(), num_items)
     if not mask.any():
         return (h_s_proj * 0.0).sum()
     cos = F.cosine_similarity(h_s_proj[mask].float(), h_t[mask].float(), dim=-1)  # (N,)

@@ -15,16 +15,16 @@ def environment() -> dict[str, str]:
     return {"python": platform.python_version(), **{p: version(p) for p in packages}}
 
 
-def train_set_stats(datamodule, benchmark) -> dict:
+def train_set_stats(train: list, benchmark, answer_only: bool) -> dict:
     """What the student was trained on: examples, distinct questions, and (where one correct path
     exists per question) how many traces differ from it in some step: the RFT table compares these."""
-    examples = [x.example for x in datamodule.encoded["train"]]
+    examples = [x.example for x in train]
     stats: dict[str, Any] = {
         "examples": len(examples),
         "questions": len({ex.uid.split("#")[0] for ex in examples}),  # a trace row is "<question uid>#<row>"
         "wrong_steps": None,
     }
-    if getattr(benchmark, "unique_paths", False) and not datamodule.answer_only:
+    if getattr(benchmark, "unique_paths", False) and not answer_only:
 
         def words(ex) -> list[str]:
             return [" ".join(s.text.split()) for s in ex.steps]

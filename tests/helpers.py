@@ -17,3 +17,16 @@ class KillAtStep(L.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step == self.step:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+def data_settings(benchmark):
+    """``DataSettings`` of ``benchmark`` with the rest of conf/data/synthetic.yaml's defaults (seed 0)."""
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    from rtd_lab.data.training_set import DataSettings
+
+    node = OmegaConf.load(Path(__file__).parent.parent / "conf" / "data" / "synthetic.yaml")
+    fields = {k: v for k, v in OmegaConf.to_container(node).items() if k not in ("_target_", "benchmark", "seed")}
+    return DataSettings(benchmark=benchmark, seed=0, **fields)

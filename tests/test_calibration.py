@@ -4,6 +4,7 @@ the student base, the sibling world and the batch-order family."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from rtd_lab.models.pretrain import TraceTraining, UntilLearned
 from rtd_lab.optim import warmup_stable_decay
 from rtd_lab.tasks.settings import build_context, student_settings
 from rtd_lab.tasks.train import train
+from tests.helpers import data_settings
 
 
 def _factors(schedule, steps):
@@ -110,16 +112,14 @@ def test_order_family_moves_the_batch_order_and_nothing_else():
     tok = bench.build_tokenizer()
 
     def first_batch(family: int, seed: int = 0) -> list[list[int]]:
-        dm = ReasoningDataModule(bench, batch_size=8, eval_batch_size=8, seed=seed, order_family=family)
-        dm.connect(tok)
-        dm.setup("fit")
+        dm = ReasoningDataModule.gold(bench, tok, 8, 8, seed=seed, order_family=family)
         return next(iter(dm.train_dataloader()))["input_ids"].tolist()
 
     assert first_batch(0) == first_batch(0)
     assert first_batch(1) != first_batch(0)
     assert first_batch(1) == first_batch(1)
     with pytest.raises(ValueError, match="data.order_family"):
-        ReasoningDataModule(bench, batch_size=8, order_family=-1)
+        replace(data_settings(bench), order_family=-1)
 
 
 def test_student_base_is_pretrained_once_per_seed_on_a_sibling_world(make_cfg, monkeypatch):

@@ -29,12 +29,11 @@ def test_cosine_loss_matches_its_formula_and_ignores_masked_tokens():
 def test_cosine_kd_loss_is_kd_plus_weighted_cosine_and_trains_the_projection():
     tok = build_synthetic_tokenizer(11)
     bm = SyntheticBenchmark(modulus=11, max_depth=3, n_train_per_depth=16, n_val_per_depth=4, n_test_per_depth=4)
-    dm = ReasoningDataModule(bm, batch_size=12)
-    dm.connect(tok)
+    dm = ReasoningDataModule.gold(bm, tok, 12, 12)
     batch = next(iter(dm.train_dataloader()))
     teacher = Teacher(tiny_lm(tok, 24, layers=2, seed=1))
     module = CosineKD(tiny_lm(tok, 16), teacher, w_cos=0.5)
-    losses = module.compute_losses(batch)
+    losses = module.compute_losses(batch, module.item_counts(batch))
 
     s = module.student(input_ids=batch["input_ids"], output_hidden_states=True)
     t = teacher.model(input_ids=batch["input_ids"], output_hidden_states=True)

@@ -1,5 +1,7 @@
 """Synthetic benchmark, tokenizer and boundary positions."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -14,6 +16,8 @@ from rtd_lab.data.synthetic import (
     parse_completion,
 )
 from rtd_lab.data.tokenizer import build_synthetic_tokenizer, same_tokenizer
+from rtd_lab.data.training_set import build_splits, with_boundaries
+from tests.helpers import data_settings
 
 SMALL = dict(max_depth=4, n_train_per_depth=60, n_val_per_depth=10, n_test_per_depth=10)
 
@@ -145,13 +149,19 @@ def test_tokenizer_round_trips_and_saves(tmp_path):
     assert not same_tokenizer(build_synthetic_tokenizer(17), tok)
 
 
-def test_datamodule_needs_connect_and_serves_every_split():
-    dm = ReasoningDataModule(SyntheticBenchmark(**SMALL), batch_size=8, eval_batch_size=16)
-    with pytest.raises(RuntimeError, match="connect"):
-        dm.setup()
-    dm.connect(build_synthetic_tokenizer(23))
+def test_training_set_is_built_before_the_datamodule_which_serves_every_split():
+    bm, tok = SyntheticBenchmark(**SMALL), build_synthetic_tokenizer(23)
+    data = replace(data_settings(bm), batch_size=8, eval_batch_size=16, max_train_examples=10, boundaries="lines")
+    splits = build_splits(data, tok)
+    assert len(splits["train"]) == 10 and [x.row for x in splits["train"]] == list(range(10))
+    dm = ReasoningDataModule.from_settings(data, splits, tok.pad_token_id)
     assert next(iter(dm.train_dataloader()))["input_ids"].shape[0] == 8
     assert sum(len(b["examples"]) for b in dm.test_dataloader()) == 40
+    # Other traces need their examples; learned boundaries replace one split's, the others stay.
+    with pytest.raises(ValueError, match="needs its training examples"):
+        build_splits(replace(data, trace_source="teacher"), tok)
+    moved = with_boundaries(splits, "val", [[1]] * len(splits["val"]))
+    assert all(x.boundary_pos == [1] for x in moved["val"]) and moved["train"] is splits["train"]
 
 
 def test_length_buckets_cover_every_example_once_per_epoch_and_pad_less():

@@ -236,9 +236,11 @@ def test_a_non_finite_loss_stops_training_at_once():
 
     tok = build_synthetic_tokenizer(11)
     module = CoTFineTune(tiny_lm(tok))
-    module.compute_losses = lambda batch: {"loss": torch.tensor(float("nan")), "ce": torch.tensor(float("nan"))}
+    module.compute_losses = lambda batch, n: {"loss": torch.tensor(float("nan")), "ce": torch.tensor(float("nan"))}
+    ids = torch.zeros(1, 2, dtype=torch.long)
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
     with pytest.raises(FloatingPointError, match="non-finite training loss at step 0"):
-        module.model_step({"input_ids": torch.zeros(1, 2, dtype=torch.long)}, "train")
+        module.model_step(batch, "train")
 
 
 # ---- 6. configs that passed validation but were nonsense -------------------------------------------
@@ -325,16 +327,17 @@ def test_sample_settings_are_checked():
 
 # ---- 7. an empty split is an error ----------------------------------------------------------------
 def test_an_empty_test_split_is_an_error(tmp_path):
-    from rtd_lab.data.datamodule import ReasoningDataModule
+    from dataclasses import replace
+
+    from rtd_lab.data.training_set import build_splits
+    from tests.helpers import data_settings
 
     record = json.dumps({"question": "q", "answer": "1 + 1 = <<1+1=2>>2\n#### 2"})
     (tmp_path / "train.jsonl").write_text((record + "\n") * 4)
     (tmp_path / "test.jsonl").write_text("")
     bm = GSM8KBenchmark(path=str(tmp_path), n_val=1, tokenizer_vocab_size=300)
-    dm = ReasoningDataModule(bm, batch_size=4, eval_batch_size=4)
-    dm.connect(bm.build_tokenizer())
     with pytest.raises(ValueError, match="the test split of data.benchmark is empty"):
-        dm.setup()
+        build_splits(replace(data_settings(bm), max_train_examples=None), bm.build_tokenizer())
 
 
 # ---- 8. no pickle from user-named files ------------------------------------------------------------

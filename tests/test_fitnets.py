@@ -34,8 +34,7 @@ def test_hint_loss_matches_reference_and_ignores_padding():
 def batch_and_tok():
     tok = build_synthetic_tokenizer(11)
     bm = SyntheticBenchmark(modulus=11, max_depth=3, n_train_per_depth=16, n_val_per_depth=4, n_test_per_depth=4)
-    dm = ReasoningDataModule(bm, batch_size=12)
-    dm.connect(tok)
+    dm = ReasoningDataModule.gold(bm, tok, 12, 12)
     return next(iter(dm.train_dataloader())), tok
 
 
@@ -44,7 +43,7 @@ def test_fitnets_loss_is_kd_plus_mean_hint(batch_and_tok):
     teacher = Teacher(tiny_lm(tok, 24, layers=4, seed=1))
     module = FitNets(tiny_lm(tok, 16, layers=2), teacher, w_hint=0.5, n_hints=4)
     assert module.teacher_layers == [1, 2, 3, 4] and module.student_layers == [1, 1, 2, 2]
-    losses = module.compute_losses(batch)
+    losses = module.compute_losses(batch, module.item_counts(batch))
 
     s = module.student(input_ids=batch["input_ids"], output_hidden_states=True)
     t = teacher.model(input_ids=batch["input_ids"], output_hidden_states=True)

@@ -8,6 +8,7 @@ from rtd_lab.data.datamodule import ReasoningDataModule
 from rtd_lab.data.synthetic import SyntheticBenchmark
 from rtd_lab.data.tokenizer import build_synthetic_tokenizer
 from rtd_lab.losses import align_loss, coherence_loss, gather_boundaries, kd_loss, transitions
+from rtd_lab.methods.base import ItemCounts
 from rtd_lab.methods.cot_ft import CoTFineTune
 from rtd_lab.methods.rtd import RTD
 from rtd_lab.methods.standard_kd import StandardKD
@@ -33,8 +34,7 @@ def tiny_lm(tok, width=16, layers=2, seed=0):
 def setup():
     tok = build_synthetic_tokenizer(11)
     bm = SyntheticBenchmark(modulus=11, max_depth=3, n_train_per_depth=16, n_val_per_depth=4, n_test_per_depth=4)
-    dm = ReasoningDataModule(bm, batch_size=12, eval_batch_size=12)
-    dm.connect(tok)
+    dm = ReasoningDataModule.gold(bm, tok, 12, 12)
     batch = next(iter(dm.train_dataloader()))
     return tok, batch
 
@@ -65,7 +65,7 @@ def test_rtd_loss_is_kd_plus_weighted_terms(setup):
     tok, batch = setup
     teacher = Teacher(tiny_lm(tok, 24, seed=1))
     module = RTD(tiny_lm(tok, 16), teacher, w_align=0.3, w_coherence=0.5)
-    losses = module.compute_losses(batch)
+    losses = module.compute_losses(batch, module.item_counts(batch))
     # Recompute independently from the parts.
     s = module.student(input_ids=batch["input_ids"], output_hidden_states=True)
     t = teacher(batch["input_ids"], batch["boundary_pos"])
@@ -89,7 +89,9 @@ def test_rtd_with_zero_weights_equals_standard_kd(setup):
     teacher = Teacher(tiny_lm(tok, 24, seed=1))
     rtd = RTD(tiny_lm(tok, 16, seed=3), teacher, w_align=0.0, w_coherence=0.0)
     kd = StandardKD(tiny_lm(tok, 16, seed=3), teacher)
-    assert rtd.compute_losses(batch)["loss"].item() == pytest.approx(kd.compute_losses(batch)["loss"].item(), rel=1e-6)
+    n = kd.item_counts(batch)
+    expected = kd.compute_losses(batch, n)["loss"].item()
+    assert rtd.compute_losses(batch, n)["loss"].item() == pytest.approx(expected, rel=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -120,7 +122,7 @@ def test_kd_methods_need_a_teacher(setup):
 def test_cot_ft_loss_is_ce_on_trace_tokens_only(setup):
     tok, batch = setup
     module = CoTFineTune(tiny_lm(tok))
-    got = module.compute_losses(batch)["loss"]
+    got = module.compute_losses(batch, module.item_counts(batch))["loss"]
     want = module.student(
         input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]
     ).loss
@@ -136,3 +138,37 @@ def test_right_padding_makes_the_attention_mask_redundant(setup):
     real = batch["attention_mask"].bool()
     assert (~real).any()  # the batch really is padded
     torch.testing.assert_close(with_mask[real], without[real], rtol=1e-5, atol=1e-5)
+
+
+def test_item_counts_are_counted_once_per_batch_and_the_losses_divide_by_them(setup):
+    tok, batch = setup
+    module = RTD(tiny_lm(tok, 16, seed=3), Teacher(tiny_lm(tok, 24, seed=1)))
+    n = module.item_counts(batch)
+    assert int(n.tokens) == int((batch["labels"][:, 1:] != -100).sum())
+    assert int(n.real_tokens) == int(batch["attention_mask"].sum())
+    assert int(n.chains) == int(batch["boundary_mask"].any(1).sum())
+    assert int(n.transition_chains) == int((batch["boundary_mask"].sum(1) >= 2).sum())
+
+    # Every loss is a sum over items divided by the count it is handed: twice the items, half the loss.
+    torch.manual_seed(0)
+    once = module.compute_losses(batch, n)
+    twice = module.compute_losses(batch, ItemCounts(*(2 * x for x in n)))
+    for key in ("loss", "kd", "align", "coherence"):
+        assert twice[key].item() == pytest.approx(once[key].item() / 2, rel=1e-5)
+
+    # Under DDP training: one all-reduce of the four counts per batch, divided by the world size.
+    calls = []
+
+    class Strategy:
+        def reduce(self, tensor, reduce_op):
+            calls.append(tensor.clone())
+            return tensor * 3  # three ranks with this batch's counts
+
+    class Trainer:
+        world_size, training, strategy = 3, True, Strategy()
+
+    module._trainer = Trainer()
+    reduced = module.item_counts(batch)
+    assert len(calls) == 1 and calls[0].shape == (4,)
+    assert [float(x) for x in reduced] == [float(x) for x in n]
+    module._trainer = None

@@ -7,7 +7,7 @@ import torch
 from hydra.utils import instantiate
 
 import rtd_lab.traces.sample as sample_mod
-from rtd_lab.data.datamodule import subset
+from rtd_lab.data.training_set import subset
 from rtd_lab.tasks.train import train
 from rtd_lab.traces.filter import filter_rows, verify_steps
 

@@ -5,6 +5,7 @@ import pytest
 from rtd_lab.data.batch import encode_example
 from rtd_lab.data.synthetic import FORMAT, SyntheticBenchmark
 from rtd_lab.data.tokenizer import build_synthetic_tokenizer
+from rtd_lab.tasks.preflight import check_config
 from rtd_lab.tasks.train import train
 
 
@@ -28,6 +29,6 @@ def test_sft_experiment_trains_on_answers_and_reports_answer_accuracy(make_cfg):
     assert metrics["chain_acc"] == 0.0 and 0.0 <= metrics["answer_acc"] <= 1.0
 
 
-def test_sft_refuses_traces(make_cfg):
+def test_sft_refuses_traces_before_any_work(make_cfg):
     with pytest.raises(ValueError, match="data.answer_only=true"):
-        train(make_cfg("method=sft"))
+        check_config(make_cfg("method=sft"))

@@ -168,28 +168,29 @@ def test_prm_objective_is_the_advantage_weighted_step_nll(make_cfg, monkeypatch)
     from omegaconf import OmegaConf
 
     from rtd_lab.data.datamodule import ReasoningDataModule
+    from rtd_lab.evaluation import Evaluator
     from rtd_lab.methods.step_reward import StepReward
     from rtd_lab.models.provision import prepare_student, prepare_teacher
     from rtd_lab.tasks.settings import build_context, student_settings, teacher_settings
 
     cfg = _sr_cfg(make_cfg, "method.w_reward=2.0")
-    dm: ReasoningDataModule = hydra.utils.instantiate(cfg.data)
-    teacher, tok, _ = prepare_teacher(teacher_settings(cfg.teacher), build_context(cfg), dm.benchmark)
-    dm.connect(tok)
-    dm.setup()
+    bm = hydra.utils.instantiate(cfg.data.benchmark)
+    teacher, tok, _ = prepare_teacher(teacher_settings(cfg.teacher), build_context(cfg), bm)
+    dm = ReasoningDataModule.gold(bm, tok, cfg.data.batch_size, cfg.data.eval_batch_size)
     method = OmegaConf.to_container(cfg.method, resolve=True)
     module: StepReward = hydra.utils.instantiate(
         method,
         student=prepare_student(student_settings(cfg.student), build_context(cfg), tok, teacher, cfg.seed),
         teacher=teacher,
         optimizer=None,
+        evaluator=Evaluator(tok, bm),
     )
 
     class FakeTrainer:
         datamodule = dm
 
     module._trainer = FakeTrainer()  # what compute_losses reads; no fit needed
-    module._markers = marker_ids(tok, dm.benchmark.format)
+    module._markers = marker_ids(tok, bm.format)
     scores = {}
 
     class FixedPRM(ProcessRewardModel):
@@ -202,7 +203,7 @@ def test_prm_objective_is_the_advantage_weighted_step_nll(make_cfg, monkeypatch)
     module.__dict__["prm"] = FixedPRM(4)
     batch = next(iter(dm.train_dataloader()))
     torch.manual_seed(0)
-    losses = module.compute_losses(batch)
+    losses = module.compute_losses(batch, module.item_counts(batch))
 
     r, sb = scores["r"], scores["batch"]
     A = advantages(r, sb.step_mask, "normalized")

@@ -77,9 +77,9 @@ def test_cached_losses_equal_online_losses(make_cfg, experiment):
     assert p.module.teacher_cache is cache and batch["split"] == "train"
     if experiment == "fitnets":
         assert cache.spec_hint_names() == {f"hint_{i}" for i in p.module.teacher_layers}
-    cached = p.module.compute_losses(batch)
+    cached = p.module.compute_losses(batch, p.module.item_counts(batch))
     p.module.teacher_cache = None  # the same batch, the teacher online
-    online = p.module.compute_losses(batch)
+    online = p.module.compute_losses(batch, p.module.item_counts(batch))
     p.module.teacher_cache = cache  # the cache holds the training split: other splits' rows run online
     val = next(iter(p.datamodule.val_dataloader()))
     assert torch.is_tensor(p.module.teacher_forward(val).logits)

@@ -18,7 +18,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from rtd_lab.data.datamodule import subset
+from rtd_lab.data.training_set import subset
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 FACT = re.compile(r"(\d+) (\S) (\d+) = (\d+)")
@@ -40,8 +40,10 @@ def main(overrides: list[str]) -> None:
     uses = Counter(f for e in train for f in facts(e))
     b = cfg.data.benchmark
     n_facts = len(b.ops) * b.n_operands * b.modulus
-    print(f"training examples: {len(train)}; facts shown: {len(uses)} of {n_facts} ({len(uses) / n_facts:.3f}), "
-          f"{sum(v == 1 for v in uses.values())} of them once")
+    print(
+        f"training examples: {len(train)}; facts shown: {len(uses)} of {n_facts} ({len(uses) / n_facts:.3f}), "
+        f"{sum(v == 1 for v in uses.values())} of them once"
+    )
     print("| depth | test chains whose every fact is shown |")
     print("|---|---|")
     test = splits["test"]

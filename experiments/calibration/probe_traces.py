@@ -18,7 +18,8 @@ import time
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from rtd_lab.data.datamodule import Collator, ReasoningDataModule
+from rtd_lab.data.batch import Collator
+from rtd_lab.data.datamodule import ReasoningDataModule
 from rtd_lab.data.synthetic import SyntheticBenchmark
 from rtd_lab.evaluation import Evaluator
 
@@ -59,9 +60,7 @@ if a.K:
 kw["seed"] = a.dseed
 bm = SyntheticBenchmark(**kw)
 tok = bm.build_tokenizer()
-dm = ReasoningDataModule(bm, batch_size=a.bs, eval_batch_size=300)
-dm.connect(tok)
-dm.setup()
+dm = ReasoningDataModule.gold(bm, tok, a.bs, 300)
 train = dm.encoded["train"]
 if a.train_max_depth:
     train = [x for x in train if x.example.depth <= a.train_max_depth]

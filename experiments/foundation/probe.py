@@ -32,8 +32,7 @@ rule = sys.argv[7] if len(sys.argv) > 7 else "arithmetic"
 
 bm = SyntheticBenchmark(modulus=modulus, max_depth=max_depth, rule=rule)
 tok = bm.build_tokenizer()
-dm = ReasoningDataModule(bm, batch_size=64, eval_batch_size=300)
-dm.connect(tok)
+dm = ReasoningDataModule.gold(bm, tok, 64, 300)
 heads = max(1, width // 32)
 model = LlamaForCausalLM(
     LlamaConfig(

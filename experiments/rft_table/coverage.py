@@ -14,7 +14,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import open_dict
 
-from rtd_lab.data.datamodule import subset
+from rtd_lab.data.training_set import subset
 from rtd_lab.tasks.rft import rft_key
 from rtd_lab.traces.teacher import examples_from_dataset
 

@@ -1,6 +1,6 @@
 """What every method shares: the student, the frozen teacher, optimisation, logging, evaluation.
 
-A method subclasses ``ReasoningModule`` and implements one thing, ``compute_losses(batch)``,
+A method subclasses ``ReasoningModule`` and implements one thing, ``compute_losses(batch, n)``,
 returning a dict whose ``"loss"`` is optimised and whose other entries are logged alongside it
 (``train/loss_kd``, ``val/loss_coherence``, ...; names listed in ``diagnostics`` are measurements,
 logged without the ``loss_`` prefix). Train, validation and test share that step.
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import asdict
-from typing import Any
+from typing import Any, NamedTuple
 
 import lightning as L
 import numpy as np
@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from rtd_lab.evaluation import Evaluator
+from rtd_lab.losses import IGNORE_INDEX
 from rtd_lab.metrics import ReasoningAccuracy
 from rtd_lab.models.teacher import Teacher, TeacherOutput
 from rtd_lab.teacher_cache import cached_outputs
@@ -54,12 +55,26 @@ def check_weights(settings: dict, *names: str) -> None:
             check_weight(settings[name], f"method.{name}")
 
 
+class ItemCounts(NamedTuple):
+    """A batch's numbers of items: the denominators of the losses' means (as TRL's ``num_items_in_batch``).
+
+    Counted once per batch by ``ReasoningModule.item_counts`` and handed to the losses as numbers.
+    """
+
+    tokens: torch.Tensor  # supervised tokens (labels != -100; labels[:, 0] is always a prompt token)
+    real_tokens: torch.Tensor  # non-padding tokens (attention_mask)
+    chains: torch.Tensor  # chains with at least one step boundary (boundary_mask)
+    transition_chains: torch.Tensor  # chains with at least one step transition (two boundaries)
+
+
 class ReasoningModule(L.LightningModule):
     needs_teacher = True
     # Entries of compute_losses' dict that are measurements, not losses: logged as {stage}/{name}.
     diagnostics: tuple[str, ...] = ()
     # The student's hidden layer a method matches to the teacher's (diagnostics compare the same one).
     student_layer: int = -1
+    # Settings of the config's data: block this method cannot train without (checked before any work).
+    data_requirements: dict[str, Any] = {}
 
     def __init__(
         self,
@@ -92,7 +107,8 @@ class ReasoningModule(L.LightningModule):
         constructor. A subclass checks the fields it adds and calls ``super().check_settings``."""
 
     # ---- the one thing a method defines -------------------------------------------------------
-    def compute_losses(self, batch: dict) -> dict[str, torch.Tensor]:
+    def compute_losses(self, batch: dict, n: ItemCounts) -> dict[str, torch.Tensor]:
+        """The losses of ``batch``; ``n`` holds the denominators of their means (pass them on)."""
         raise NotImplementedError
 
     # ---- hooks shared code reads ----------------------------------------------------------------
@@ -102,21 +118,33 @@ class ReasoningModule(L.LightningModule):
         return None
 
     # ---- shared plumbing ----------------------------------------------------------------------
-    def shard_count(self, local: torch.Tensor) -> torch.Tensor:
-        """What a loss's local count of items stands for, so that DDP's gradient average is exact.
+    def item_counts(self, batch: dict) -> ItemCounts:
+        """The batch's item counts (``ItemCounts``), what each loss divides its sum by.
 
         A loss is a mean over a batch's items (tokens, chains): sum / count. Under DDP each rank holds
         part of the global batch and the gradients are averaged over ranks, so dividing by the local
         count would weight a rank's items by how few it has. Dividing by (global count / world size)
-        instead makes the averaged gradient that of sum_all / count_all, the single-process loss
-        at the same global batch. Only while training: validation and evaluation run on one rank's
-        full data, and an all-reduce on one rank alone would hang.
+        instead makes the averaged gradient that of sum_all / count_all, the single-process loss at
+        the same global batch: one all-reduce of the four counts per training batch. Only while
+        training: validation and evaluation run on one rank's full data, and an all-reduce on one
+        rank alone would hang. On one process the counts are the batch's own.
         """
+        labels = batch["labels"]
+        boundary = batch.get("boundary_mask")
+        if boundary is None:
+            boundary = labels.new_zeros((labels.size(0), 0), dtype=torch.bool)
+        local = torch.stack(
+            [
+                (labels[:, 1:] != IGNORE_INDEX).sum(),
+                batch["attention_mask"].bool().sum(),
+                boundary.any(dim=1).sum(),
+                (boundary[:, 1:] & boundary[:, :-1]).any(dim=1).sum(),
+            ]
+        )
         trainer = self._trainer
-        if trainer is None or getattr(trainer, "world_size", 1) == 1 or not trainer.training:
-            return local
-        total = trainer.strategy.reduce(local.detach().float().clone(), reduce_op="sum")
-        return total / trainer.world_size
+        if trainer is not None and getattr(trainer, "world_size", 1) > 1 and trainer.training:
+            local = trainer.strategy.reduce(local.float(), reduce_op="sum") / trainer.world_size
+        return ItemCounts(*local.unbind())
 
     def student_forward(self, batch: dict, hidden: bool = False):
         # No attention mask: training batches are right-padded, so under causal attention no real
@@ -159,7 +187,7 @@ class ReasoningModule(L.LightningModule):
         return bool(getattr(connector, "should_update_logs", True) or trainer.fast_dev_run)
 
     def model_step(self, batch: dict, stage: str) -> torch.Tensor:
-        losses = self.compute_losses(batch)
+        losses = self.compute_losses(batch, self.item_counts(batch))
         if stage == "train" and not torch.isfinite(losses["loss"].detach()).all():
             # Stop at once: every later step would train on NaN and the run would only fail at the end.
             parts = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items() if v.numel() == 1)
@@ -176,7 +204,7 @@ class ReasoningModule(L.LightningModule):
             else:
                 key = f"{stage}/{name}" if name in self.diagnostics else f"{stage}/loss_{name}"
             # Synced (a no-op on one process): under DDP a rank's training loss is its share
-            # (ReasoningModule.shard_count), and the mean over ranks is the global batch's loss.
+            # (ReasoningModule.item_counts), and the mean over ranks is the global batch's loss.
             self.log(key, value.detach(), batch_size=bs, prog_bar=name == "loss", sync_dist=True)
         return losses["loss"]
 

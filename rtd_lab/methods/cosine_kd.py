@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from rtd_lab.losses import cosine_hidden_loss
-from rtd_lab.methods.base import check_weights
+from rtd_lab.methods.base import ItemCounts, check_weights
 from rtd_lab.methods.standard_kd import StandardKD
 
 
@@ -35,10 +35,10 @@ class CosineKD(StandardKD):
     def cache_request(self) -> dict:
         return {**super().cache_request(), "hint_layers": (self.teacher_layer,)}
 
-    def compute_losses(self, batch: dict) -> dict[str, torch.Tensor]:
+    def compute_losses(self, batch: dict, n: ItemCounts) -> dict[str, torch.Tensor]:
         s = self.student_forward(batch, hidden=True)
         t = self.teacher_forward(batch, hidden_layers=[self.teacher_layer])
-        kd = self.kd(s.logits, t.logits, batch["labels"], self.shard_count)
+        kd = self.kd(s.logits, t.logits, batch["labels"], n.tokens)
         supervised = batch["labels"] != -100  # the trace and answer tokens, as the KD term
-        l_cos = cosine_hidden_loss(self.proj(s.hidden_states[-1]), t.layer_hidden[0], supervised, self.shard_count)
+        l_cos = cosine_hidden_loss(self.proj(s.hidden_states[-1]), t.layer_hidden[0], supervised, n.tokens)
         return {"loss": kd.loss + self.w_cos * l_cos, "kd": kd.loss.detach(), "cos": l_cos.detach()}

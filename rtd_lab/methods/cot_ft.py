@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import torch
 
-from rtd_lab.methods.base import ReasoningModule
+from rtd_lab.methods.base import ItemCounts, ReasoningModule
 
 
 class CoTFineTune(ReasoningModule):
     needs_teacher = False
 
-    def compute_losses(self, batch: dict) -> dict[str, torch.Tensor]:
+    def compute_losses(self, batch: dict, n: ItemCounts) -> dict[str, torch.Tensor]:
         out = self.student_forward(batch)
         logits = out.logits[:, :-1]  # (B, T-1, V): position t predicts token t+1
         labels = batch["labels"][:, 1:]
         ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), labels.reshape(-1))
-        n = (labels != -100).sum()
-        ce = ce * (n / self.shard_count(n))  # exactly 1 on one process; DDP: see ReasoningModule.shard_count
+        ce = ce * ((labels != -100).sum() / n.tokens)  # exactly 1 on one process; DDP: ReasoningModule.item_counts
         return {"loss": ce, "ce": ce.detach()}

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from rtd_lab.losses import hint_loss
-from rtd_lab.methods.base import check_weights
+from rtd_lab.methods.base import ItemCounts, check_weights
 from rtd_lab.methods.standard_kd import StandardKD
 
 
@@ -55,13 +55,13 @@ class FitNets(StandardKD):
     def cache_request(self) -> dict:
         return {**super().cache_request(), "hint_layers": tuple(self.teacher_layers)}
 
-    def compute_losses(self, batch: dict) -> dict[str, torch.Tensor]:
+    def compute_losses(self, batch: dict, n: ItemCounts) -> dict[str, torch.Tensor]:
         s = self.student_forward(batch, hidden=True)
         t = self.teacher_forward(batch, hidden_layers=self.teacher_layers)
-        kd = self.kd(s.logits, t.logits, batch["labels"], self.shard_count)
+        kd = self.kd(s.logits, t.logits, batch["labels"], n.tokens)
         real = batch["attention_mask"].bool()
         hints = [
-            hint_loss(w(s.hidden_states[i]), h_t, real, self.shard_count)
+            hint_loss(w(s.hidden_states[i]), h_t, real, n.real_tokens)
             for w, i, h_t in zip(self.hints, self.student_layers, t.layer_hidden, strict=True)
         ]
         l_hint = torch.stack(hints).mean()

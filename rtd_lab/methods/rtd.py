@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from rtd_lab.losses import align_loss, coherence_loss, gather_boundaries, transitions
-from rtd_lab.methods.base import check_weights
+from rtd_lab.methods.base import ItemCounts, check_weights
 from rtd_lab.methods.standard_kd import StandardKD
 
 
@@ -50,18 +50,18 @@ class RTD(StandardKD):
     def transition_projection(self) -> nn.Module:
         return self.g
 
-    def compute_losses(self, batch: dict) -> dict[str, torch.Tensor]:
+    def compute_losses(self, batch: dict, n: ItemCounts) -> dict[str, torch.Tensor]:
         pos, mask = batch["boundary_pos"], batch["boundary_mask"]  # (B, K)
         s = self.student_forward(batch, hidden=True)
         t = self.teacher_forward(batch, boundaries=True)
-        kd = self.kd(s.logits, t.logits, batch["labels"], self.shard_count)
+        kd = self.kd(s.logits, t.logits, batch["labels"], n.tokens)
 
         h_s = gather_boundaries(s.hidden_states[self.student_layer], pos)  # (B, K, D_S)
         h_t = t.boundary_hidden  # (B, K, D_T)
-        l_align = align_loss(self.f(h_s), h_t, mask, self.shard_count)
+        l_align = align_loss(self.f(h_s), h_t, mask, n.chains)
         delta_s, t_mask = transitions(h_s, mask)  # (B, K-1, D_S)
         delta_t, _ = transitions(h_t, mask)  # (B, K-1, D_T)
-        l_coherence = coherence_loss(self.g(delta_s), delta_t, t_mask, self.shard_count)
+        l_coherence = coherence_loss(self.g(delta_s), delta_t, t_mask, n.transition_chains)
 
         loss = kd.loss + self.w_align * l_align + self.w_coherence * l_coherence
         return {

@@ -12,7 +12,7 @@ from dataclasses import dataclass, fields
 import torch
 
 from rtd_lab.losses import DIVERGENCES, KDLoss, kd_loss, sparse_kd_loss
-from rtd_lab.methods.base import ReasoningModule
+from rtd_lab.methods.base import ItemCounts, ReasoningModule
 from rtd_lab.models.teacher import SparseLogits
 
 
@@ -44,7 +44,7 @@ class LogitKD:
         student_logits: torch.Tensor,
         teacher_logits: torch.Tensor | SparseLogits,
         labels: torch.Tensor,
-        count_fn=None,
+        num_items: torch.Tensor | None = None,
     ) -> KDLoss:
         settings = (self.alpha, self.temperature, self.divergence, self.beta)
         if isinstance(teacher_logits, SparseLogits):
@@ -57,9 +57,9 @@ class LogitKD:
                 labels[:, 1:],
                 *settings,
                 tail=t.tail,
-                count_fn=count_fn,
+                num_items=num_items,
             )
-        return kd_loss(student_logits[:, :-1], teacher_logits[:, :-1], labels[:, 1:], *settings, count_fn=count_fn)
+        return kd_loss(student_logits[:, :-1], teacher_logits[:, :-1], labels[:, 1:], *settings, num_items=num_items)
 
 
 class StandardKD(ReasoningModule):
@@ -80,8 +80,8 @@ class StandardKD(ReasoningModule):
         super().check_settings(settings)
         LogitKD(**{f.name: settings[f.name] for f in fields(LogitKD) if f.name in settings})
 
-    def compute_losses(self, batch: dict) -> dict[str, torch.Tensor]:
+    def compute_losses(self, batch: dict, n: ItemCounts) -> dict[str, torch.Tensor]:
         s = self.student_forward(batch)
         t = self.teacher_forward(batch)
-        kd = self.kd(s.logits, t.logits, batch["labels"], self.shard_count)
+        kd = self.kd(s.logits, t.logits, batch["labels"], n.tokens)
         return {"loss": kd.loss, "kd": kd.loss.detach(), "div": kd.div.detach(), "ce": kd.ce.detach()}

@@ -39,7 +39,7 @@ import hydra
 import torch
 from transformers import GenerationConfig
 
-from rtd_lab.methods.base import check_weights
+from rtd_lab.methods.base import ItemCounts, check_weights
 from rtd_lab.methods.standard_kd import StandardKD
 from rtd_lab.prm import PRMConfig, load_or_train_prm, marker_ids, pack_samples, token_logprobs
 
@@ -98,9 +98,8 @@ class StepReward(StandardKD):
             if self.prm.mean.device != self.device:
                 self.prm.to(self.device)
             return
-        dm = self.trainer.datamodule
-        tokenizer, benchmark = dm.tokenizer, dm.benchmark
-        dm.setup()
+        dm = self.trainer.datamodule  # the PRM trains on the run's training split
+        tokenizer, benchmark = self.evaluator.tokenizer, self.evaluator.benchmark
         self._markers = marker_ids(tokenizer, benchmark.format)
         teacher_model = self.teacher.model.to(self.device)
         prm, info = load_or_train_prm(
@@ -127,12 +126,12 @@ class StepReward(StandardKD):
     def sample(self, batch: dict):
         n = batch["prompt_ids"].size(0) if self.samples_per_batch is None else self.samples_per_batch
         prompt_ids, prompt_mask = batch["prompt_ids"][:n], batch["prompt_mask"][:n]
-        tokenizer = self.trainer.datamodule.tokenizer
+        tokenizer = self.evaluator.tokenizer
         gen = GenerationConfig(
             do_sample=True,
             temperature=self.sample_temperature,
             top_k=0,
-            max_new_tokens=self.trainer.datamodule.benchmark.max_completion_tokens(),
+            max_new_tokens=self.evaluator.benchmark.max_completion_tokens(),
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id,
         )
@@ -143,11 +142,11 @@ class StepReward(StandardKD):
         packed = pack_samples(prompt_ids, prompt_mask, out, batch["examples"][:n], tokenizer, *self._markers)
         return type(packed)(*(t.to(self.device) for t in vars(packed).values()))
 
-    def compute_losses(self, batch: dict) -> dict[str, torch.Tensor]:
+    def compute_losses(self, batch: dict, n: ItemCounts) -> dict[str, torch.Tensor]:
         self.ensure_prm()
         s = self.student_forward(batch)
         t = self.teacher_forward(batch)  # the KD anchor may come from the offline cache; the PRM runs online
-        kd = self.kd(s.logits, t.logits, batch["labels"], self.shard_count)
+        kd = self.kd(s.logits, t.logits, batch["labels"], n.tokens)
 
         sampled = self.sample(batch)
         reward = self.prm.score(self.teacher.model, sampled)  # (B, S), 0 on padded steps

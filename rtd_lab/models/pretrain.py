@@ -147,14 +147,14 @@ def train_on_traces(
     from rtd_lab.methods.cot_ft import CoTFineTune
 
     L.seed_everything(settings.seed, workers=True)
-    dm = ReasoningDataModule(
+    dm = ReasoningDataModule.gold(
         benchmark,
-        batch_size=settings.batch_size,
-        eval_batch_size=eval_batch_size,
+        tokenizer,
+        settings.batch_size,
+        eval_batch_size,
         seed=settings.seed,
         order_family=settings.order_family,
     )
-    dm.connect(tokenizer)
     evaluator = Evaluator(tokenizer, benchmark)
 
     def evaluate() -> dict:

@@ -62,6 +62,19 @@ def check_config(cfg: DictConfig) -> None:
         if node is not None:
             check_settings(path, node, cls)
     check_known(cfg)
+    check_data_requirements(config)
+
+
+def check_data_requirements(config: dict) -> None:
+    """The ``data:`` settings the method declares it needs (``ReasoningModule.data_requirements``)."""
+    method, data = config.get("method"), config.get("data")
+    if config.get("task", "train") not in ("train", "cache") or not isinstance(method, Mapping) or not data:
+        return
+    target = get_object(method["_target_"]) if "_target_" in method else None
+    for key, value in getattr(target, "data_requirements", {}).items():
+        if data.get(key) != value:
+            shown = str(value).lower() if isinstance(value, bool) else value
+            raise ValueError(f"{method['_target_']} trains only with data.{key}={shown} (got {data.get(key)!r})")
 
 
 def check_settings(path: str, node: Any, cls: type) -> None:

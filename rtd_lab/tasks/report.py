@@ -18,6 +18,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from rtd_lab.data.datamodule import ReasoningDataModule
 from rtd_lab.diagnostics import boundary_cka
 from rtd_lab.models.provision import prepare_student, prepare_teacher
 from rtd_lab.report import (
@@ -42,16 +43,17 @@ def recompute_cka(job: Path) -> dict:
     and update its results.json: for runs made before a change to the CKA definition."""
     results = json.loads((job / "results.json").read_text())
     cfg = OmegaConf.create(results["config"])
-    datamodule = hydra.utils.instantiate(cfg.data)
+    benchmark = hydra.utils.instantiate(cfg.data.benchmark)  # a run's config of any version has it
     ctx = build_context(cfg)
-    teacher, tokenizer, _ = prepare_teacher(teacher_settings(cfg.teacher), ctx, datamodule.benchmark)
+    teacher, tokenizer, _ = prepare_teacher(teacher_settings(cfg.teacher), ctx, benchmark)
     student = prepare_student(student_settings(cfg.student), ctx, tokenizer, teacher, cfg.seed)
     state = torch.load(job / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
     student.load_state_dict({k[len("student.") :]: v for k, v in state.items() if k.startswith("student.")})
     student.eval()
-    datamodule.connect(tokenizer)
+    bs = cfg.data.eval_batch_size
+    test = ReasoningDataModule.gold(benchmark, tokenizer, bs, bs).test_dataloader()
     layer = cfg.method.get("student_layer", -1)
-    cka = boundary_cka(student, teacher.model, datamodule.test_dataloader(), layer, teacher.layer, torch.device("cpu"))
+    cka = boundary_cka(student, teacher.model, test, layer, teacher.layer, torch.device("cpu"))
     results["diagnostics"] = {**(results.get("diagnostics") or {}), **cka}
     atomic_write_json(job / "results.json", results)
     return cka

@@ -49,7 +49,7 @@ def run_sample(cfg: DictConfig) -> Path:
     settings = sample_settings(cfg)
     key = claim_out_dir(out, settings)
     (out / "chunks").mkdir(exist_ok=True)
-    benchmark = hydra.utils.instantiate(cfg.data).benchmark
+    benchmark = hydra.utils.instantiate(cfg.data.benchmark)
     examples = benchmark.splits()[s.split]
     if s.max_questions is not None:
         examples = examples[:: max(1, len(examples) // s.max_questions)][: s.max_questions]

@@ -9,18 +9,19 @@ from omegaconf import DictConfig
 
 from rtd_lab.data.batch import encode_example
 from rtd_lab.data.segmenters import RULES, rule_boundaries
+from rtd_lab.data.training_set import Splits, encode_splits
 from rtd_lab.models.provision import BuildContext, prepare_teacher
 from rtd_lab.tasks.settings import build_context, container, teacher_settings
 from rtd_lab.traces.segment import SegmenterSettings, apply_learned_boundaries, set_prf
 from rtd_lab.utils import atomic_write_json, atomic_write_text
 
 
-def learned_boundaries(cfg: DictConfig, ctx: BuildContext, datamodule, teacher) -> dict:
-    """The boundary classifier of ``segment:`` (trained or loaded) gives the datamodule's train and
-    val splits its boundaries; returns its info."""
+def learned_boundaries(cfg: DictConfig, ctx: BuildContext, splits: Splits, pad_id: int, teacher) -> tuple[Splits, dict]:
+    """The boundary classifier of ``segment:`` (trained or loaded) gives the train and val splits its
+    boundaries; returns the new splits and its info."""
     key_parts = {"teacher": str(teacher.model.name_or_path), "benchmark": ctx.benchmark}
     settings = SegmenterSettings(**container(cfg.segment))
-    return apply_learned_boundaries(datamodule, teacher.model, ctx.cache_dir, key_parts, settings)
+    return apply_learned_boundaries(splits, pad_id, teacher.model, ctx.cache_dir, key_parts, settings)
 
 
 def run_segment(cfg: DictConfig) -> dict:
@@ -30,13 +31,11 @@ def run_segment(cfg: DictConfig) -> dict:
     traces first (or loaded from its cache). Token-level precision / recall / F1, written to
     ``<run dir>/segment_report.json`` and ``.md`` and printed.
     """
-    datamodule = hydra.utils.instantiate(cfg.data)
-    benchmark = datamodule.benchmark
+    benchmark = hydra.utils.instantiate(cfg.data.benchmark)
     ctx = build_context(cfg)
     teacher, tokenizer, _ = prepare_teacher(teacher_settings(cfg.teacher), ctx, benchmark)
-    datamodule.connect(tokenizer)
-    datamodule.setup()
-    val = datamodule.encoded["val"]
+    splits = encode_splits(benchmark.splits(), tokenizer, benchmark.format, answer_only=False, boundaries="gold")
+    val = splits["val"]
     gold = [set(x.boundary_pos) for x in val]
     fmt = benchmark.format
     report: dict[str, dict] = {}
@@ -50,8 +49,8 @@ def run_segment(cfg: DictConfig) -> dict:
             for x in val
         ]
         report[rule] = set_prf(predicted, gold)
-    info = learned_boundaries(cfg, ctx, datamodule, teacher)
-    report["learned"] = set_prf([set(x.boundary_pos) for x in datamodule.encoded["val"]], gold)
+    splits, info = learned_boundaries(cfg, ctx, splits, tokenizer.pad_token_id, teacher)
+    report["learned"] = set_prf([set(x.boundary_pos) for x in splits["val"]], gold)
     out = Path(cfg.paths.output_dir)
     lines = ["| segmenter | precision | recall | F1 |", "|---|---|---|---|"]
     lines += [f"| {k} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} |" for k, v in report.items()]

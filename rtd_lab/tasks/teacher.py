@@ -8,6 +8,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from rtd_lab.data.datamodule import ReasoningDataModule
 from rtd_lab.evaluation import Evaluator
 from rtd_lab.models.provision import prepare_teacher
 from rtd_lab.results import depth_table, environment
@@ -18,11 +19,11 @@ from rtd_lab.utils import atomic_write_json
 
 def run_teacher(cfg: DictConfig) -> dict:
     quiet_duplicate_logs()
-    datamodule = hydra.utils.instantiate(cfg.data)
-    benchmark = datamodule.benchmark
+    benchmark = hydra.utils.instantiate(cfg.data.benchmark)
     teacher, tokenizer, info = prepare_teacher(teacher_settings(cfg.teacher), build_context(cfg), benchmark)
-    datamodule.connect(tokenizer)
-    metrics, _ = Evaluator(tokenizer, benchmark).evaluate(teacher.model, datamodule.test_dataloader(), "teacher eval")
+    bs = cfg.data.eval_batch_size
+    test = ReasoningDataModule.gold(benchmark, tokenizer, bs, bs).test_dataloader()
+    metrics, _ = Evaluator(tokenizer, benchmark).evaluate(teacher.model, test, "teacher eval")
     out_dir = Path(cfg.paths.output_dir)
     results = {
         "teacher": {**{k: v for k, v in info.items() if k != "config"}, "metrics": metrics},

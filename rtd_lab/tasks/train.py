@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rtd_lab.curriculum import DepthCurriculum
 from rtd_lab.data.datamodule import ReasoningDataModule
+from rtd_lab.data.training_set import DataSettings, build_splits
 from rtd_lab.diagnostics import DiagnosticsSettings, flat_diagnostics, run_diagnostics
 from rtd_lab.evaluation import Evaluator
 from rtd_lab.learning_curve import LearningCurve
@@ -50,6 +51,7 @@ def quiet_duplicate_logs() -> None:
 class Prepared:
     """Everything a run builds before training: shared by ``train`` and ``task=cache``."""
 
+    data: DataSettings
     datamodule: ReasoningDataModule
     teacher: Teacher
     tokenizer: Any
@@ -63,13 +65,28 @@ class Prepared:
     student_base: dict | None = None  # the base checkpoint the student started from (student.base)
 
 
+def training_traces(cfg: DictConfig, data: DataSettings, teacher: Teacher, tokenizer) -> tuple[list | None, Any]:
+    """The training examples of ``data.trace_source`` (None for the benchmark's gold traces) and
+    the report of how they were made."""
+    source, benchmark = data.trace_source, data.benchmark
+    if source == "gold":
+        return None, None
+    if source == "teacher":
+        return teacher_traces(teacher.model, benchmark.splits()["train"], tokenizer, benchmark, data.eval_batch_size)
+    if source == "rft":  # SAMPLE -> FILTER here (cached), then train on what survives
+        return examples_from_dataset(str(rft_dataset(cfg)), benchmark)
+    # a SAMPLE or FILTER output on disk: rejection-sampling fine-tuning (RFT) and friends
+    return examples_from_dataset(source, benchmark)
+
+
 def prepare(cfg: DictConfig, out_dir: Path | None = None) -> Prepared:
-    """Teacher (cached), data (traces, boundaries), student and method, in that order."""
+    """Teacher (cached), student, the training set (traces, subset, boundaries: one step), then
+    the DataModule that batches it and the method."""
     timings: dict[str, float] = {}
     t0 = time.time()
     ctx = build_context(cfg)
-    datamodule: ReasoningDataModule = hydra.utils.instantiate(cfg.data)
-    benchmark = datamodule.benchmark
+    data: DataSettings = hydra.utils.instantiate(cfg.data)
+    benchmark = data.benchmark
     teacher, tokenizer, teacher_info = prepare_teacher(teacher_settings(cfg.teacher), ctx, benchmark)
     timings["teacher_ready"] = round(time.time() - t0, 1)
 
@@ -80,25 +97,18 @@ def prepare(cfg: DictConfig, out_dir: Path | None = None) -> Prepared:
     timings["student_ready"] = round(time.time() - t0, 1)
     if out_dir is not None and rank_zero_only.rank == 0:
         tokenizer.save_pretrained(out_dir / "tokenizer")
-    datamodule.connect(tokenizer)
-    evaluator = Evaluator(tokenizer, benchmark)
-    trace_report = None
-    if datamodule.trace_source != "gold":
-        t_traces = time.time()
-        if datamodule.trace_source == "teacher":
-            examples, trace_report = teacher_traces(
-                teacher.model, benchmark.splits()["train"], tokenizer, benchmark, cfg.data.eval_batch_size
-            )
-        elif datamodule.trace_source == "rft":  # SAMPLE -> FILTER here (cached), then train on what survives
-            examples, trace_report = examples_from_dataset(str(rft_dataset(cfg)), benchmark)
-        else:  # a SAMPLE or FILTER output on disk: rejection-sampling fine-tuning (RFT) and friends
-            examples, trace_report = examples_from_dataset(datamodule.trace_source, benchmark)
-        datamodule.use_train_traces(examples)
-        timings["teacher_traces"] = round(time.time() - t_traces, 1)
-    segmenter_info = None
-    if datamodule.boundaries == "learned":  # the RTD paper's boundary classifier on teacher hidden states
-        segmenter_info = learned_boundaries(cfg, ctx, datamodule, teacher)
 
+    t_traces = time.time()
+    train_examples, trace_report = training_traces(cfg, data, teacher, tokenizer)
+    if train_examples is not None:
+        timings["teacher_traces"] = round(time.time() - t_traces, 1)
+    splits = build_splits(data, tokenizer, train_examples)
+    segmenter_info = None
+    if data.boundaries == "learned":  # the RTD paper's boundary classifier on teacher hidden states
+        splits, segmenter_info = learned_boundaries(cfg, ctx, splits, tokenizer.pad_token_id, teacher)
+    datamodule = ReasoningDataModule.from_settings(data, splits, tokenizer.pad_token_id)
+
+    evaluator = Evaluator(tokenizer, benchmark)
     module = hydra.utils.instantiate(
         container(cfg.method),
         student=student,
@@ -108,6 +118,7 @@ def prepare(cfg: DictConfig, out_dir: Path | None = None) -> Prepared:
         scheduler=hydra.utils.instantiate(cfg.optim.scheduler),
     )
     return Prepared(
+        data,
         datamodule,
         teacher,
         tokenizer,
@@ -128,7 +139,6 @@ def attach_teacher_cache(cfg: DictConfig, p: Prepared, force_build: bool = False
     if not p.module.needs_teacher or (settings.mode == "off" and not force_build):
         return None
     spec = CacheSpec(top_k=settings.top_k, layer=p.teacher.layer, dtype=settings.dtype, **p.module.cache_request())
-    p.datamodule.setup()
     cache = prepare_teacher_cache(
         settings,
         p.teacher,
@@ -136,7 +146,7 @@ def attach_teacher_cache(cfg: DictConfig, p: Prepared, force_build: bool = False
         spec,
         teacher_identity(p.teacher_info, p.teacher.model),
         build_context(cfg).cache_dir,
-        batch_size=cfg.data.eval_batch_size,
+        batch_size=p.data.eval_batch_size,
         pad_id=p.tokenizer.pad_token_id,
         force_build=force_build,
     )
@@ -205,7 +215,7 @@ def train(cfg: DictConfig) -> dict:
     t0 = time.time()
     p = prepare(cfg, out_dir)
     datamodule, teacher, module, evaluator = p.datamodule, p.teacher, p.module, p.evaluator
-    benchmark, timings = datamodule.benchmark, p.timings
+    benchmark, timings = p.data.benchmark, p.timings
     t_cache = time.time()
     cache = attach_teacher_cache(cfg, p)
     if cache is not None:
@@ -277,7 +287,7 @@ def train(cfg: DictConfig) -> dict:
         "teacher_traces": asdict(p.trace_report) if p.trace_report else None,
         "segmenter": p.segmenter_info,
         "teacher_cache": {"path": str(cache.path), "tail": cache.tail, **cache.manifest["stats"]} if cache else None,
-        "train_set": train_set_stats(datamodule, benchmark),
+        "train_set": train_set_stats(datamodule.encoded["train"], benchmark, p.data.answer_only),
         "skipped_records": dict(getattr(benchmark, "skipped", None) or {}),  # data.benchmark.on_error=skip
         "diagnostics": diagnostics,
         "timings_seconds": timings,

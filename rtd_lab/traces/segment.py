@@ -23,6 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from rtd_lab.data.batch import Collator, Encoded, move_batch
+from rtd_lab.data.training_set import Splits, with_boundaries
 from rtd_lab.prm import ProcessRewardModel, fit_scorer
 from rtd_lab.utils import build_or_load
 
@@ -175,28 +176,27 @@ class SegmenterSettings:
 
 
 def apply_learned_boundaries(
-    datamodule, teacher_model, cache_dir, key_parts: dict, settings: SegmenterSettings
-) -> dict:
+    splits: Splits, pad_id: int, teacher_model, cache_dir, key_parts: dict, settings: SegmenterSettings
+) -> tuple[Splits, dict]:
     """Train (or load) the classifier on gold boundaries, then give the train and val splits its
-    predicted boundaries instead. Returns the classifier's info (cache path, held-out report)."""
-    datamodule.setup()
+    predicted boundaries instead. Returns the new splits and the classifier's info (cache path,
+    held-out report)."""
     n = settings.n_train_examples
-    train = datamodule.encoded["train"]
+    train = splits["train"]
     train = train[:: max(1, len(train) // n)][:n]  # evenly over the (depth-ordered) split
     clf, info = load_or_train_segmenter(
         teacher_model,
         train,
-        datamodule.encoded["val"],
-        datamodule.tokenizer.pad_token_id,
+        splits["val"],
+        pad_id,
         cache_dir,
         key_parts={**key_parts, "n_train_examples": n},
         hidden=settings.hidden,
         epochs=settings.epochs,
     )
     for split in ("train", "val"):
-        predicted = predict_boundaries(clf, teacher_model, datamodule.encoded[split], datamodule.tokenizer.pad_token_id)
-        datamodule.set_boundaries(split, predicted)
-    return info
+        splits = with_boundaries(splits, split, predict_boundaries(clf, teacher_model, splits[split], pad_id))
+    return splits, info
 
 
 def set_prf(predicted: list[set[int]], gold: list[set[int]]) -> dict:
