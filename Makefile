@@ -32,6 +32,7 @@ bench: install
 	$(BIN)/python benchmarks/sampling.py
 	$(BIN)/python benchmarks/step_time.py
 	$(BIN)/python benchmarks/parsing.py
+	$(BIN)/python benchmarks/kd_memory.py
 
 lint: install
 	$(BIN)/ruff check rtd_lab tests benchmarks

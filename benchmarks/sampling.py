@@ -55,7 +55,7 @@ def main() -> None:
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = p.parse_args()
 
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(ROOT / "rtd_lab" / "conf"), version_base="1.3"):
         cfg = compose(config_name="config", overrides=["logger=csv", "trainer.enable_progress_bar=false"])
     with open_dict(cfg):
         cfg.paths.cache_dir = os.environ.get("RTD_LAB_CACHE", str(ROOT / ".cache" / "rtd_lab"))

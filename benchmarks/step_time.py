@@ -56,7 +56,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def build(experiment: str, cache_dir: str):
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(ROOT / "rtd_lab" / "conf"), version_base="1.3"):
         cfg = compose(config_name="config", overrides=[f"+experiment={experiment}", "curriculum=none", "logger=csv"])
     with open_dict(cfg):
         cfg.paths.cache_dir, cfg.paths.output_dir = cache_dir, str(ROOT / "benchmarks" / "results" / "_run")

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import os
-
 import hydra
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from omegaconf import DictConfig
 
-# W&B never needs a server here: offline unless the user asks otherwise, and no prompts in CI.
-os.environ.setdefault("WANDB_MODE", "offline")
-os.environ.setdefault("WANDB_SILENT", "true")
+# W&B runs offline by default through the logger's own setting (conf/logger/wandb.yaml: offline: true),
+# so logger.offline=false goes online and WANDB_MODE, when the user sets it, is W&B's to read.
 
 
 def run(cfg: DictConfig) -> dict:
@@ -33,20 +28,8 @@ def run(cfg: DictConfig) -> dict:
     return result
 
 
-def check_sweep_mode() -> None:
-    """A sweep file (paper_table, ablations) run without -m would silently run one default job."""
-    hc = HydraConfig.get()
-    params = hc.sweeper.get("params") or {}
-    if hc.mode == RunMode.RUN and any(key.startswith("+experiment") for key in params):
-        name = hc.runtime.choices.get("experiment", "?")
-        raise SystemExit(
-            f"+experiment={name} is a sweep over experiments: run it with -m (python -m rtd_lab -m +experiment={name})"
-        )
-
-
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    check_sweep_mode()
     results = run(cfg)
     if cfg.task != "train":
         return None

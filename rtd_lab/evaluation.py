@@ -7,7 +7,7 @@ answer. Model output is parsed by the benchmark's parser (regular expressions, n
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 from tqdm.auto import tqdm
@@ -27,15 +27,34 @@ class Scored:
     steps_correct: int
     steps_total: int
     completion: str
+    # What a reader of predictions_*.jsonl (or the W&B table) needs beside the completion:
+    question: str = ""
+    prompt: str = ""
+    gold_steps: list[str] = field(default_factory=list)
+    gold_answer: str = ""
+    step_correct: list[bool] = field(default_factory=list)  # per gold step
 
 
-def score(example: ReasoningExample, completion: str, parse) -> Scored:
+def score(example: ReasoningExample, completion: str, parse, prompt: str = "") -> Scored:
     pred_steps, pred_answer = parse(completion)
     gold = [s.value for s in example.steps]
     step_ok = [i < len(pred_steps) and pred_steps[i] == g for i, g in enumerate(gold)]
     answer_ok = pred_answer is not None and pred_answer == example.answer
     chain_ok = all(step_ok) and len(pred_steps) == len(gold) and answer_ok
-    return Scored(example.uid, example.depth, chain_ok, answer_ok, sum(step_ok), len(gold), completion)
+    return Scored(
+        example.uid,
+        example.depth,
+        chain_ok,
+        answer_ok,
+        sum(step_ok),
+        len(gold),
+        completion,
+        question=example.question,
+        prompt=prompt,
+        gold_steps=[s.text for s in example.steps],
+        gold_answer=str(example.answer),
+        step_correct=step_ok,
+    )
 
 
 class Evaluator:
@@ -61,7 +80,10 @@ class Evaluator:
 
     def score_batch(self, model, batch: dict) -> list[Scored]:
         texts = self.generate(model, batch["prompt_ids"], batch["prompt_mask"])
-        return [score(ex, t, self.benchmark.parse_completion) for ex, t in zip(batch["examples"], texts, strict=True)]
+        fmt, parse = self.benchmark.format, self.benchmark.parse_completion
+        return [
+            score(ex, t, parse, prompt=fmt.render(ex, False)[0]) for ex, t in zip(batch["examples"], texts, strict=True)
+        ]
 
     @staticmethod
     def update_metric(metric: ReasoningAccuracy, scored: list[Scored]) -> None:

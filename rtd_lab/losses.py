@@ -12,6 +12,7 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 IGNORE_INDEX = -100
 DIVERGENCES = ("forward_kl", "reverse_kl", "jsd")
@@ -58,6 +59,7 @@ def kd_loss(
     divergence: str = "forward_kl",
     beta: float = 0.5,
     num_items=None,
+    chunk_size: int | None = None,
 ) -> KDLoss:
     """Standard knowledge distillation (Hinton et al. 2015), the RTD paper's baseline.
 
@@ -75,11 +77,20 @@ def kd_loss(
         num_items: the denominator of the means, a number: the batch's count of supervised tokens
             (under DDP the global batch's count / world size, ``ReasoningModule.item_counts``);
             None: counted here, from ``labels``.
+        chunk_size: None: all N supervised positions at once. An integer: the same sums over chunks
+            of that many positions, each recomputed in the backward pass (activation checkpointing),
+            so the float32 (N, V) softmax intermediates exist one chunk at a time: at a 150k
+            vocabulary they are what dominates KD's memory. Value and gradient equal the unchunked
+            ones up to float rounding (tests/test_losses.py).
 
     Only positions with ``labels != -100`` count, so the prompt is never distilled.
     """
     mask = labels != IGNORE_INDEX  # (B, T)
     n = _count(mask.sum(), num_items)
+    if chunk_size is not None:
+        return _chunked_kd(
+            student_logits, teacher_logits, labels, mask, n, (alpha, temperature, divergence, beta), chunk_size
+        )
     s = student_logits[mask].float()  # (N, V)
     log_p_s = F.log_softmax(s / temperature, dim=-1)
     log_p_t = F.log_softmax(teacher_logits[mask].float() / temperature, dim=-1)
@@ -90,6 +101,38 @@ def _kd_terms(log_p_s, log_p_t, s, target, n, alpha, temperature, divergence, be
     """The weighted sum shared by dense and sparse KD, from the supervised positions' (N, ·) tensors."""
     div = token_divergence(log_p_s, log_p_t, divergence, beta).sum() / n
     ce = F.cross_entropy(s, target, reduction="sum") / n
+    return KDLoss(alpha * temperature**2 * div + (1 - alpha) * ce, div, ce)
+
+
+def _kd_sums(student, teacher, labels, rows, temperature, divergence, beta):
+    """(sum of the token divergences, sum of the CE) over the (B*T, V) logits' ``rows``: the rows are
+    gathered here, inside the checkpointed function, so no (N, V) copy outlives a chunk."""
+    s, t, target = student[rows].float(), teacher[rows], labels[rows]
+    log_p_s = F.log_softmax(s / temperature, dim=-1)
+    log_p_t = F.log_softmax(t.float() / temperature, dim=-1)
+    div = token_divergence(log_p_s, log_p_t, divergence, beta).sum()
+    return div, F.cross_entropy(s, target, reduction="sum")
+
+
+def _chunked_kd(student_logits, teacher_logits, labels, mask, n, settings, chunk_size: int) -> KDLoss:
+    """``kd_loss`` over the supervised positions of (B, T, V) logits, ``chunk_size`` at a time."""
+    alpha, temperature, divergence, beta = settings
+    if chunk_size < 1:
+        raise ValueError(f"method.chunk_size must be >= 1 or null, got {chunk_size}")
+    vocab = student_logits.size(-1)
+    student, teacher = student_logits.reshape(-1, vocab), teacher_logits.reshape(-1, vocab)  # views, no copy
+    flat_labels, rows = labels.reshape(-1), mask.reshape(-1).nonzero().squeeze(1)
+    div = ce = student.new_zeros((), dtype=torch.float32)
+    for start in range(0, rows.numel(), chunk_size):
+        part = (student, teacher, flat_labels, rows[start : start + chunk_size])
+        if torch.is_grad_enabled() and student.requires_grad:
+            d, c = torch.utils.checkpoint.checkpoint(
+                _kd_sums, *part, temperature, divergence, beta, use_reentrant=False
+            )
+        else:
+            d, c = _kd_sums(*part, temperature, divergence, beta)
+        div, ce = div + d, ce + c
+    div, ce = div / n, ce / n
     return KDLoss(alpha * temperature**2 * div + (1 - alpha) * ce, div, ce)
 
 

@@ -503,11 +503,12 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def log_to_wandb(rep: dict, markdown: str, images: list[Path], group: str, out: Path) -> str | None:
-    """One W&B run holding the report (job_type=report, same group as the sweep's runs)."""
+def log_to_wandb(rep: dict, markdown: str, images: list[Path], group: str, out: Path, where: dict) -> str | None:
+    """One W&B run holding the report (job_type=report, same group as the sweep's runs), in the
+    project / entity / mode of ``where`` (the config's logger)."""
     import wandb
 
-    run = wandb.init(project="rtd_lab", group=group, job_type="report", name=f"report_{group}", dir=str(out))
+    run = wandb.init(group=group, job_type="report", name=f"report_{group}", dir=str(out), **where)
     names = list(rep["chain_acc"])
     table = wandb.Table(columns=["depth", *names])
     for d, key in [(str(d), f"chain_acc/depth_{d}") for d in rep["depths"]] + [("all", "chain_acc")]:

@@ -27,6 +27,6 @@ def data_settings(benchmark):
 
     from rtd_lab.data.training_set import DataSettings
 
-    node = OmegaConf.load(Path(__file__).parent.parent / "conf" / "data" / "synthetic.yaml")
+    node = OmegaConf.load(Path(__file__).parent.parent / "rtd_lab" / "conf" / "data" / "synthetic.yaml")
     fields = {k: v for k, v in OmegaConf.to_container(node).items() if k not in ("_target_", "benchmark", "seed")}
     return DataSettings(benchmark=benchmark, seed=0, **fields)

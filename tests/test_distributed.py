@@ -71,10 +71,10 @@ def test_slurm_launcher_config_matches_the_trainer(make_cfg):
     assert launcher._target_.endswith("SlurmLauncher")
     assert launcher.tasks_per_node == cfg.trainer.devices == 8 and launcher.gpus_per_node == 8
     assert launcher.nodes == cfg.trainer.num_nodes == 4
-    assert launcher.additional_parameters.signal == "USR1@90"
+    assert "signal" not in launcher.additional_parameters  # submitit sends its own SIGUSR2
     env = instantiate(cfg.trainer.plugins[0])
     assert type(env).__name__ == "SLURMEnvironment" and env.auto_requeue
-    assert env.requeue_signal == signal.SIGUSR1
+    assert env.requeue_signal == signal.SIGUSR2  # submitit's signal; NCCL may catch USR1
     assert cfg.trainer.use_distributed_sampler is False
 
 
@@ -83,9 +83,29 @@ def test_gpu_strategy_configs_compose(make_cfg, name):
     cfg = make_cfg(f"trainer={name}", tiny=False)
     assert cfg.trainer.precision == "bf16-mixed" and cfg.trainer.accelerator == "gpu"
     assert cfg.trainer.use_distributed_sampler is False
-    if name == "fsdp":
-        strategy = instantiate(cfg.trainer.strategy)
-        assert type(strategy).__name__ == "FSDPStrategy"
+
+
+@pytest.mark.parametrize("name", ["ddp", "fsdp", "deepspeed", "slurm"])
+def test_every_trainer_strategy_instantiates(make_cfg, name):
+    import importlib.util
+
+    from omegaconf import OmegaConf
+
+    from rtd_lab.tasks.preflight import check_target
+
+    cfg = make_cfg(f"trainer={name}", tiny=False)
+    node = OmegaConf.to_container(cfg.trainer.strategy, resolve=True)
+    check_target("trainer.strategy", node)  # every key is one of the strategy's settings
+    if name == "deepspeed" and importlib.util.find_spec("deepspeed") is None:
+        # Without the package Lightning refuses the strategy itself, after its arguments were accepted.
+        with pytest.raises(Exception, match="(?i)install.*deepspeed"):
+            instantiate(cfg.trainer.strategy)
+        pytest.skip("deepspeed is not installed (pip install .[deepspeed]): arguments checked, not built")
+    strategy = instantiate(cfg.trainer.strategy)
+    expected = {"ddp": "DDPStrategy", "slurm": "DDPStrategy", "fsdp": "FSDPStrategy", "deepspeed": "DeepSpeedStrategy"}
+    assert type(strategy).__name__ == expected[name]
+    if name == "ddp":
+        assert cfg.trainer.devices == "auto"  # every device of the machine
 
 
 @pytest.mark.gpu

@@ -285,7 +285,9 @@ def test_bad_sample_settings_fail_naming_the_field(make_cfg, override, field):
         check_config(make_cfg("task=sample", override))
 
 
-@pytest.mark.parametrize("experiment", sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml")))
+@pytest.mark.parametrize(
+    "experiment", sorted(p.stem for p in (ROOT / "rtd_lab" / "conf" / "experiment").glob("*.yaml"))
+)
 @pytest.mark.parametrize("extra", [[], ["trainer=fsdp"], ["trainer=deepspeed"], ["data=gsm8k"], ["task=sample"]])
 def test_shipped_configs_pass_the_checks(make_cfg, experiment, extra):
     check_config(make_cfg(f"+experiment={experiment}", *extra, tiny=False))

@@ -208,3 +208,23 @@ def test_kd_loss_uses_the_chosen_divergence():
     assert rev.div.item() != pytest.approx(kd_loss(s, t, labels, 1.0, 2.0).div.item())
     with pytest.raises(ValueError, match="method.divergence"):
         token_divergence(s[0], t[0], "wasserstein")
+
+
+@pytest.mark.parametrize("divergence", ["forward_kl", "reverse_kl", "jsd"])
+@pytest.mark.parametrize("chunk", [1, 7, 64, 1000])
+def test_chunked_kd_equals_the_unchunked_loss_and_gradient(divergence, chunk):
+    g = torch.Generator().manual_seed(0)
+    s = torch.randn(3, 11, 50, generator=g, dtype=torch.float64).requires_grad_()
+    t = torch.randn(3, 11, 50, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, 50, (3, 11), generator=g)
+    labels[:, :3] = -100
+    args = dict(alpha=0.6, temperature=2.0, divergence=divergence)
+    dense = kd_loss(s, t, labels, **args)
+    (grad_dense,) = torch.autograd.grad(dense.loss, s)
+    chunked = kd_loss(s, t, labels, chunk_size=chunk, **args)
+    (grad_chunked,) = torch.autograd.grad(chunked.loss, s)
+    assert chunked.loss.item() == pytest.approx(dense.loss.item(), abs=1e-6)
+    assert chunked.div.item() == pytest.approx(dense.div.item(), abs=1e-6)
+    assert torch.allclose(grad_chunked, grad_dense, atol=1e-6)
+    with pytest.raises(ValueError, match="chunk_size"):
+        kd_loss(s, t, labels, chunk_size=0)

@@ -20,7 +20,7 @@ from hydra.utils import instantiate
 
 from rtd_lab.data.training_set import subset
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
+CONF = Path(__file__).resolve().parents[2] / "rtd_lab" / "conf"
 FACT = re.compile(r"(\d+) (\S) (\d+) = (\d+)")
 
 

@@ -18,7 +18,7 @@ from rtd_lab.data.training_set import subset
 from rtd_lab.tasks.rft import rft_key
 from rtd_lab.traces.teacher import examples_from_dataset
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
+CONF = Path(__file__).resolve().parents[2] / "rtd_lab" / "conf"
 FACT = re.compile(r"(\d+) (\S) (\d+) = (\d+)")
 
 

@@ -85,6 +85,10 @@ class ReasoningModule(L.LightningModule):
         evaluator: Evaluator | None = None,
     ):
         super().__init__()
+        # The method's settings (the whole __init__ chain's: KD's alpha..., RTD's weights) go into every
+        # checkpoint, so Method.load_from_checkpoint(ckpt, student=..., teacher=...) rebuilds the module;
+        # models and factories are passed in, not settings.
+        self.save_hyperparameters(ignore=["student", "teacher", "optimizer", "scheduler", "evaluator"], logger=False)
         if self.needs_teacher and teacher is None:
             raise ValueError(f"method {type(self).__name__} distils from a teacher, but none was given")
         self.student = student

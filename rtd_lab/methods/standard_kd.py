@@ -28,6 +28,7 @@ class LogitKD:
     temperature: float = 4.0
     divergence: str = "forward_kl"
     beta: float = 0.5
+    chunk_size: int | None = None  # dense KD over this many positions at a time (losses.kd_loss)
 
     def __post_init__(self) -> None:
         if not 0 <= self.alpha <= 1:
@@ -38,6 +39,8 @@ class LogitKD:
             raise ValueError(f"method.divergence must be one of {list(DIVERGENCES)}, got {self.divergence!r}")
         if not 0 <= self.beta <= 1:
             raise ValueError(f"method.beta must be in [0, 1], got {self.beta}")
+        if self.chunk_size is not None and (isinstance(self.chunk_size, bool) or self.chunk_size < 1):
+            raise ValueError(f"method.chunk_size must be an integer >= 1 or null, got {self.chunk_size}")
 
     def __call__(
         self,
@@ -59,7 +62,14 @@ class LogitKD:
                 tail=t.tail,
                 num_items=num_items,
             )
-        return kd_loss(student_logits[:, :-1], teacher_logits[:, :-1], labels[:, 1:], *settings, num_items=num_items)
+        return kd_loss(
+            student_logits[:, :-1],
+            teacher_logits[:, :-1],
+            labels[:, 1:],
+            *settings,
+            num_items=num_items,
+            chunk_size=self.chunk_size,
+        )
 
 
 class StandardKD(ReasoningModule):
@@ -70,10 +80,11 @@ class StandardKD(ReasoningModule):
         temperature: float = 4.0,
         divergence: str = "forward_kl",
         beta: float = 0.5,
+        chunk_size: int | None = None,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
-        self.kd = LogitKD(alpha, temperature, divergence, beta)
+        self.kd = LogitKD(alpha, temperature, divergence, beta, chunk_size)
 
     @classmethod
     def check_settings(cls, settings: dict) -> None:

@@ -10,6 +10,18 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 
 from rtd_lab.data.tokenizer import same_tokenizer
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+ATTENTION = ("eager", "sdpa", "flash_attention_2", "flex_attention")
+
+
+def check_load_options(dtype: str | None, attn_implementation: str | None, field: str) -> None:
+    if dtype is not None and dtype not in DTYPES:
+        raise ValueError(f"{field}.dtype must be null or one of {list(DTYPES)}, got {dtype!r}")
+    if attn_implementation is not None and attn_implementation not in ATTENTION:
+        raise ValueError(
+            f"{field}.attn_implementation must be null or one of {list(ATTENTION)}, got {attn_implementation!r}"
+        )
+
 
 def build_causal_lm(
     tokenizer,
@@ -18,15 +30,29 @@ def build_causal_lm(
     pretrained: str | None = None,
     trust_remote_code: bool = False,
     field: str = "model",
+    revision: str | None = None,
+    dtype: str | None = None,
+    attn_implementation: str | None = None,
 ):
     """A causal LM: ``pretrained`` (hub id or local dir) if given, else ``arch`` built from ``model``.
 
     Built models take their vocabulary size and special-token ids from ``tokenizer``. ``field``
-    names the config group in error messages ("teacher", "student").
+    names the config group in error messages ("teacher", "student"). ``revision`` pins a hub
+    model's commit, branch or tag; ``dtype`` (float32 | bfloat16 | float16) is the weights' dtype
+    (None: as stored, or float32 for a built model); ``attn_implementation`` picks transformers'
+    attention kernel (eager | sdpa | flash_attention_2 | flex_attention; None: its default).
     """
+    check_load_options(dtype, attn_implementation, field)
+    options: dict[str, Any] = {}
+    if attn_implementation is not None:
+        options["attn_implementation"] = attn_implementation
     if pretrained:
+        if revision is not None:
+            options["revision"] = revision
+        if dtype is not None:
+            options["dtype"] = DTYPES[dtype]
         # safetensors first; transformers loads any .bin fallback with weights_only=True.
-        return AutoModelForCausalLM.from_pretrained(str(pretrained), trust_remote_code=trust_remote_code)
+        return AutoModelForCausalLM.from_pretrained(str(pretrained), trust_remote_code=trust_remote_code, **options)
     try:
         config = AutoConfig.for_model(
             arch,
@@ -38,7 +64,8 @@ def build_causal_lm(
         )
     except ValueError as e:
         raise ValueError(f"{field}.arch={arch!r} is not a model type transformers knows: {e}") from e
-    return AutoModelForCausalLM.from_config(config)
+    built = AutoModelForCausalLM.from_config(config, **options)
+    return built if dtype is None else built.to(DTYPES[dtype])
 
 
 def load_tokenizer(pretrained: str, trust_remote_code: bool = False, field: str = "teacher"):

@@ -18,10 +18,17 @@ from typing import Any
 
 import hydra
 import lightning as L
+import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rtd_lab.data.tokenizer import same_tokenizer
-from rtd_lab.models.build import build_causal_lm, check_finite_weights, check_same_tokenizer, load_tokenizer
+from rtd_lab.models.build import (
+    build_causal_lm,
+    check_finite_weights,
+    check_load_options,
+    check_same_tokenizer,
+    load_tokenizer,
+)
 from rtd_lab.models.pretrain import TraceTraining, train_on_traces
 from rtd_lab.models.teacher import Teacher
 from rtd_lab.utils import artifact_key, build_or_load, config_hash
@@ -45,6 +52,12 @@ class TeacherSettings:
     model: dict | None = None  # from scratch: fields of the architecture's config
     layer: int = -1  # the hidden layer whose boundary states students align to (-1: last)
     train: dict | None = None  # from scratch: ``TraceTraining`` fields
+    revision: str | None = None  # pretrained from the hub: a commit, branch or tag
+    dtype: str | None = None  # float32 | bfloat16 | float16; None: as stored (the teacher is frozen)
+    attn_implementation: str | None = None  # eager | sdpa | flash_attention_2 | flex_attention; None: default
+
+    def __post_init__(self) -> None:
+        check_load_options(self.dtype, self.attn_implementation, "teacher")
 
 
 @dataclass(frozen=True)
@@ -65,6 +78,17 @@ class StudentSettings:
     arch: str | None = None
     model: dict | None = None
     base: StudentBaseSettings | None = None  # None: no base checkpoint
+    revision: str | None = None  # pretrained from the hub: a commit, branch or tag
+    # The trained weights' dtype. None: float32 master weights whatever the checkpoint stores (a bf16
+    # checkpoint would otherwise train in pure bf16 under precision 32-true; bf16-mixed keeps fp32
+    # masters too). bfloat16 / float16: train in that dtype, as asked.
+    dtype: str | None = None
+    attn_implementation: str | None = None  # eager | sdpa | flash_attention_2 | flex_attention; None: default
+    gradient_checkpointing: bool = False  # recompute activations in backward: memory for time
+    compile: bool = False  # torch.compile the student in place (its state dict keeps its keys)
+
+    def __post_init__(self) -> None:
+        check_load_options(self.dtype, self.attn_implementation, "student")
 
 
 @dataclass(frozen=True)
@@ -118,7 +142,15 @@ def prepare_teacher(t: TeacherSettings, ctx: BuildContext, benchmark) -> tuple[T
     """Load ``t.pretrained``, or the cached from-scratch teacher, training it on a cache miss."""
     if t.pretrained:
         tokenizer = load_tokenizer(t.pretrained, t.trust_remote_code, field="teacher")
-        model = build_causal_lm(tokenizer, pretrained=t.pretrained, trust_remote_code=t.trust_remote_code)
+        model = build_causal_lm(
+            tokenizer,
+            pretrained=t.pretrained,
+            trust_remote_code=t.trust_remote_code,
+            field="teacher",
+            revision=t.revision,
+            dtype=t.dtype,
+            attn_implementation=t.attn_implementation,
+        )
         check_finite_weights(model, f"teacher.pretrained={t.pretrained}")
         return Teacher(model, layer=t.layer), tokenizer, {"source": str(t.pretrained)}
 
@@ -215,8 +247,9 @@ def student_base_info(s: StudentSettings, ctx: BuildContext, tokenizer) -> dict 
     return {"source": str(path), **json.loads((path / STUDENT_BASE_META).read_text())}
 
 
-def prepare_student(s: StudentSettings, ctx: BuildContext, tokenizer, teacher: Teacher, seed: int):
-    """The student: ``pretrained``, else its base checkpoint (``base``), else built fresh."""
+def prepare_student(s: StudentSettings, ctx: BuildContext, tokenizer, teacher: Teacher | None, seed: int):
+    """The student: ``pretrained``, else its base checkpoint (``base``), else built fresh. ``teacher``:
+    checked to share the student's vocabulary (None: exporting a trained student, nothing to check)."""
     pretrained = s.pretrained
     if uses_student_base(s, ctx):
         pretrained = str(prepare_student_base(s, ctx, tokenizer))
@@ -230,11 +263,21 @@ def prepare_student(s: StudentSettings, ctx: BuildContext, tokenizer, teacher: T
         pretrained=pretrained,
         trust_remote_code=s.trust_remote_code,
         field="student",
+        revision=s.revision if s.pretrained else None,
+        dtype=s.dtype,
+        attn_implementation=s.attn_implementation,
     )
+    if s.dtype is None and any(p.dtype != torch.float32 for p in model.parameters()):
+        log.info("student: %s weights cast to float32 master weights (student.dtype sets another)", model.dtype)
+        model = model.float()
+    if s.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    if s.compile:
+        model.compile()
     if pretrained:
         check_finite_weights(model, f"student {pretrained}")
     v_s = model.get_output_embeddings().out_features
-    v_t = teacher.model.get_output_embeddings().out_features
+    v_t = v_s if teacher is None else teacher.model.get_output_embeddings().out_features
     if v_s != v_t:
         raise ValueError(
             f"student vocabulary ({v_s}) differs from the teacher's ({v_t}): "

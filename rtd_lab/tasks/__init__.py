@@ -18,6 +18,7 @@ TASKS = {
     "segment": "rtd_lab.tasks.segment:run_segment",
     "cache": "rtd_lab.tasks.cache:run_cache",
     "report": "rtd_lab.tasks.report:run_report",
+    "export": "rtd_lab.tasks.export:run_export",
 }
 
 

@@ -89,11 +89,12 @@ def check_settings(path: str, node: Any, cls: type) -> None:
     missing = required - set(node)
     if missing:
         raise ValueError(f"{path}: missing setting(s) {sorted(missing)}")
-    if not nested:
-        try:
-            cls(**node)  # the dataclass's own checks (e.g. teacher_cache.mode's choices)
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"{path}: {err}" if not str(err).startswith(path) else str(err)) from err
+    try:
+        # The dataclass's own checks (e.g. teacher_cache.mode's choices); a nested block is checked as
+        # its own (student.base), and left at its default here.
+        cls(**own)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{path}: {err}" if not str(err).startswith(path) else str(err)) from err
 
 
 def check_fields(path: str, node: Mapping, hints: dict, names: set[str], open_: bool, owner: str) -> None:

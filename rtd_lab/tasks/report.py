@@ -102,5 +102,11 @@ def run_report(cfg: DictConfig) -> dict:
         log.warning("report: %s", w)
     if r.wandb:
         group = runs[0]["config"].get("group", "default")
-        rep["wandb_dir"] = log_to_wandb(rep, markdown, images, group, out)
+        logger = cfg.get("logger") or {}
+        where = {
+            "project": logger.get("project") or "rtd_lab",
+            "entity": logger.get("entity"),
+            "mode": "offline" if logger.get("offline", True) else "online",
+        }
+        rep["wandb_dir"] = log_to_wandb(rep, markdown, images, group, out, where)
     return rep

@@ -6,6 +6,7 @@ A plain function: ``python -m rtd_lab`` calls it through Hydra, tests call it di
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
@@ -29,12 +31,13 @@ from rtd_lab.models.provision import prepare_student, prepare_teacher, student_b
 from rtd_lab.models.teacher import Teacher
 from rtd_lab.results import depth_table, environment, train_set_stats
 from rtd_lab.rundir import check_checkpoint, claim_run_dir
+from rtd_lab.tasks.export import command_line, export_student
 from rtd_lab.tasks.rft import rft_dataset
 from rtd_lab.tasks.segment import learned_boundaries
 from rtd_lab.tasks.settings import build_context, container, method_name, student_settings, teacher_settings
 from rtd_lab.teacher_cache import CacheSpec, TeacherCache, TeacherCacheSettings, prepare_teacher_cache, teacher_identity
 from rtd_lab.traces.teacher import examples_from_dataset, teacher_traces
-from rtd_lab.utils import atomic_write_json, atomic_write_jsonl, flatten
+from rtd_lab.utils import atomic_write_json, atomic_write_jsonl, config_hash, flatten
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +157,64 @@ def attach_teacher_cache(cfg: DictConfig, p: Prepared, force_build: bool = False
     return cache
 
 
+def make_logger(cfg: DictConfig, out_dir: Path):
+    """The configured logger (or False).
+
+    W&B: the run's id comes from the run directory, so a resumed or requeued run continues its W&B
+    run instead of opening a new one. ``logger.offline`` decides the mode through ``wandb.init(mode=)``
+    unless the user has set ``WANDB_MODE`` (then W&B reads it): Lightning's own ``offline=True``
+    would set WANDB_MODE for the whole process, and every later run of a multirun would inherit it.
+    """
+    if not cfg.get("logger"):
+        return False
+    node = cfg.logger
+    extra = {}
+    if node.get("_target_", "").endswith("WandbLogger"):
+        if node.get("id") is None:
+            extra |= {"id": wandb_run_id(out_dir), "resume": "allow"}
+        if "WANDB_MODE" not in os.environ:
+            extra |= {"offline": False, "mode": "offline" if node.get("offline", True) else "online"}
+    return hydra.utils.instantiate(node, **extra)
+
+
+def wandb_run_id(out_dir: Path) -> str:
+    """A W&B run id unique to the run directory (W&B ids: letters, digits, _ and -)."""
+    return f"{out_dir.name[-40:]}-{config_hash(str(out_dir.resolve()), 8)}".replace("/", "_").replace(":", "_")
+
+
+def log_to_wandb(logger: WandbLogger, records: list[dict], n_samples: int, exported: Path | None) -> None:
+    """A table of sample test traces, and the exported student as a model artifact when
+    ``logger.log_model`` is on."""
+    if n_samples > 0 and records:
+        columns = ["uid", "depth", "question", "gold", "completion", "steps_right", "chain_correct"]
+        rows = [
+            [
+                r["uid"],
+                r["depth"],
+                r["question"],
+                " ; ".join(r["gold_steps"]) + f" #### {r['gold_answer']}",
+                r["completion"],
+                "".join("✓" if ok else "✗" for ok in r["step_correct"]),
+                r["chain_correct"],
+            ]
+            for r in records[:n_samples]
+        ]
+        logger.log_table(key="test/samples", columns=columns, data=rows)
+    if exported is not None and getattr(logger, "_log_model", False):
+        import wandb
+
+        artifact = wandb.Artifact(f"student-{logger.experiment.id}", type="model")
+        artifact.add_dir(str(exported))
+        logger.experiment.log_artifact(artifact)
+
+
+def unsharded_student(cfg: DictConfig, p: Prepared, state: dict):
+    """A fresh, unsharded student holding the gathered ``state`` (the module's full state dict)."""
+    student = prepare_student(student_settings(cfg.student), build_context(cfg), p.tokenizer, p.teacher, cfg.seed)
+    student.load_state_dict({k[len("student.") :]: v for k, v in state.items() if k.startswith("student.")})
+    return student.to(p.module.device)
+
+
 def resolve_ckpt_path(cfg: DictConfig, out_dir: Path) -> str | None:
     """``ckpt_path``: a path, ``last`` (this run directory's last checkpoint), or null, which resumes
     automatically when the run directory is reused and holds a checkpoint (an interrupted run)."""
@@ -221,7 +282,7 @@ def train(cfg: DictConfig) -> dict:
     if cache is not None:
         timings["teacher_cache"] = round(time.time() - t_cache, 1)
 
-    logger = hydra.utils.instantiate(cfg.logger) if cfg.get("logger") else False
+    logger = make_logger(cfg, out_dir)
     if logger:
         logger.log_hyperparams(flatten(OmegaConf.to_container(cfg, resolve=True)))
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
@@ -241,6 +302,12 @@ def train(cfg: DictConfig) -> dict:
         # rank zero, with the trained student, and every other rank stops here.
         trainer.strategy.barrier()
         rank = trainer.global_rank
+        if not isinstance(trainer.strategy, DDPStrategy):
+            # A sharded student (FSDP, DeepSpeed) cannot generate on one rank: gather its full state
+            # while every rank is still in the process group, and evaluate an unsharded copy.
+            state = trainer.strategy.lightning_module_state_dict()
+            if rank == 0:
+                module.student = unsharded_student(cfg, p, state)
         # Rank zero goes on alone: no collective (e.g. a torchmetrics sync) may wait for the others.
         torch.distributed.destroy_process_group()
         if rank != 0:
@@ -268,18 +335,29 @@ def train(cfg: DictConfig) -> dict:
             diag_settings, module, teacher.model, teacher.layer, datamodule, evaluator, student_metrics
         )
         timings["diagnostics"] = round(time.time() - t4, 1)
+    command = command_line()
+    exported = None
+    if cfg.export.enabled:
+        t5 = time.time()
+        out = Path(cfg.export.out_dir) if cfg.export.out_dir else out_dir / "student"
+        exported = export_student(
+            cfg, module.student, p.tokenizer, evaluator, out, p.method_name, student_metrics, command, cfg.export
+        )
+        timings["export"] = round(time.time() - t5, 1)
     timings["total"] = round(time.time() - t0, 1)
 
     results = {
         "method": p.method_name,
         "run": cfg.get("run_name", p.method_name),
         "seed": cfg.seed,
+        "command": command,
         "depths": benchmark.depths,
         "teacher": {**{k: v for k, v in p.teacher_info.items() if k != "config"}, "metrics": teacher_metrics},
         "student": {
             "metrics": student_metrics,
             "steps": trainer.global_step,
             "base": p.student_base,
+            "export": str(exported) if exported else None,  # a Hugging Face model folder
             "learning_curve": next((c.summary() for c in callbacks if isinstance(c, LearningCurve)), None),
         },
         "curriculum": curriculum.summary() if curriculum is not None else None,
@@ -301,6 +379,8 @@ def train(cfg: DictConfig) -> dict:
         logger.log_metrics({f"teacher/{k}": v for k, v in teacher_metrics.items()}, step=trainer.global_step)
         if diagnostics:
             logger.log_metrics(flat_diagnostics(diagnostics), step=trainer.global_step)
+        if isinstance(logger, WandbLogger):
+            log_to_wandb(logger, module.test_records, cfg.export.log_samples, exported)
         logger.finalize("success")
         if isinstance(logger, WandbLogger):
             # Close the run: the next job of a multirun, in this same process, must start its own.
