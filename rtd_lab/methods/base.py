@@ -55,6 +55,11 @@ def check_weights(settings: dict, *names: str) -> None:
             check_weight(settings[name], f"method.{name}")
 
 
+def student_state(module_state: dict) -> dict:
+    """The student's weights out of a method module's state dict (a checkpoint's ``state_dict``)."""
+    return {k[len("student.") :]: v for k, v in module_state.items() if k.startswith("student.")}
+
+
 class ItemCounts(NamedTuple):
     """A batch's numbers of items: the denominators of the losses' means (as TRL's ``num_items_in_batch``).
 

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rtd_lab.evaluation import Evaluator
 from rtd_lab.export import export_model, model_card
+from rtd_lab.methods.base import student_state
 from rtd_lab.results import depth_table
 
 log = logging.getLogger(__name__)
@@ -111,7 +112,7 @@ def run_export(cfg: DictConfig) -> dict:
     )
     student = prepare_student(student_settings(run_cfg.student), build_context(run_cfg), tokenizer, None, run_cfg.seed)
     state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
-    student.load_state_dict({k[len("student.") :]: v for k, v in state.items() if k.startswith("student.")})
+    student.load_state_dict(student_state(state))
     out = cfg.export.get("out_dir") or run_dir / "student"
     method = results.get("method") or run_cfg.get("run_name") or "?"
     metrics = (results.get("student") or {}).get("metrics") or {}

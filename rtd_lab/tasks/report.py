@@ -20,6 +20,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from rtd_lab.data.datamodule import ReasoningDataModule
 from rtd_lab.diagnostics import boundary_cka
+from rtd_lab.methods.base import student_state
 from rtd_lab.models.provision import prepare_student, prepare_teacher
 from rtd_lab.report import (
     build_report,
@@ -48,7 +49,7 @@ def recompute_cka(job: Path) -> dict:
     teacher, tokenizer, _ = prepare_teacher(teacher_settings(cfg.teacher), ctx, benchmark)
     student = prepare_student(student_settings(cfg.student), ctx, tokenizer, teacher, cfg.seed)
     state = torch.load(job / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
-    student.load_state_dict({k[len("student.") :]: v for k, v in state.items() if k.startswith("student.")})
+    student.load_state_dict(student_state(state))
     student.eval()
     bs = cfg.data.eval_batch_size
     test = ReasoningDataModule.gold(benchmark, tokenizer, bs, bs).test_dataloader()

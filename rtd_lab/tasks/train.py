@@ -27,6 +27,7 @@ from rtd_lab.data.training_set import DataSettings, build_splits
 from rtd_lab.diagnostics import DiagnosticsSettings, flat_diagnostics, run_diagnostics
 from rtd_lab.evaluation import Evaluator
 from rtd_lab.learning_curve import LearningCurve
+from rtd_lab.methods.base import student_state
 from rtd_lab.models.provision import prepare_student, prepare_teacher, student_base_info
 from rtd_lab.models.teacher import Teacher
 from rtd_lab.results import depth_table, environment, train_set_stats
@@ -211,7 +212,7 @@ def log_to_wandb(logger: WandbLogger, records: list[dict], n_samples: int, expor
 def unsharded_student(cfg: DictConfig, p: Prepared, state: dict):
     """A fresh, unsharded student holding the gathered ``state`` (the module's full state dict)."""
     student = prepare_student(student_settings(cfg.student), build_context(cfg), p.tokenizer, p.teacher, cfg.seed)
-    student.load_state_dict({k[len("student.") :]: v for k, v in state.items() if k.startswith("student.")})
+    student.load_state_dict(student_state(state))
     return student.to(p.module.device)
 
 
