@@ -87,53 +87,40 @@ def kd_loss(
     """
     mask = labels != IGNORE_INDEX  # (B, T)
     n = _count(mask.sum(), num_items)
-    if chunk_size is not None:
-        return _chunked_kd(
-            student_logits, teacher_logits, labels, mask, n, (alpha, temperature, divergence, beta), chunk_size
-        )
-    s = student_logits[mask].float()  # (N, V)
-    log_p_s = F.log_softmax(s / temperature, dim=-1)
-    log_p_t = F.log_softmax(teacher_logits[mask].float() / temperature, dim=-1)
-    return _kd_terms(log_p_s, log_p_t, s, labels[mask], n, alpha, temperature, divergence, beta)
-
-
-def _kd_terms(log_p_s, log_p_t, s, target, n, alpha, temperature, divergence, beta) -> KDLoss:
-    """The weighted sum shared by dense and sparse KD, from the supervised positions' (N, ·) tensors."""
-    div = token_divergence(log_p_s, log_p_t, divergence, beta).sum() / n
-    ce = F.cross_entropy(s, target, reduction="sum") / n
-    return KDLoss(alpha * temperature**2 * div + (1 - alpha) * ce, div, ce)
-
-
-def _kd_sums(student, teacher, labels, rows, temperature, divergence, beta):
-    """(sum of the token divergences, sum of the CE) over the (B*T, V) logits' ``rows``: the rows are
-    gathered here, inside the checkpointed function, so no (N, V) copy outlives a chunk."""
-    s, t, target = student[rows].float(), teacher[rows], labels[rows]
-    log_p_s = F.log_softmax(s / temperature, dim=-1)
-    log_p_t = F.log_softmax(t.float() / temperature, dim=-1)
-    div = token_divergence(log_p_s, log_p_t, divergence, beta).sum()
-    return div, F.cross_entropy(s, target, reduction="sum")
-
-
-def _chunked_kd(student_logits, teacher_logits, labels, mask, n, settings, chunk_size: int) -> KDLoss:
-    """``kd_loss`` over the supervised positions of (B, T, V) logits, ``chunk_size`` at a time."""
-    alpha, temperature, divergence, beta = settings
-    if chunk_size < 1:
+    if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"method.chunk_size must be >= 1 or null, got {chunk_size}")
-    vocab = student_logits.size(-1)
-    student, teacher = student_logits.reshape(-1, vocab), teacher_logits.reshape(-1, vocab)  # views, no copy
-    flat_labels, rows = labels.reshape(-1), mask.reshape(-1).nonzero().squeeze(1)
-    div = ce = student.new_zeros((), dtype=torch.float32)
-    for start in range(0, rows.numel(), chunk_size):
-        part = (student, teacher, flat_labels, rows[start : start + chunk_size])
-        if torch.is_grad_enabled() and student.requires_grad:
-            d, c = torch.utils.checkpoint.checkpoint(
-                _kd_sums, *part, temperature, divergence, beta, use_reentrant=False
-            )
-        else:
-            d, c = _kd_sums(*part, temperature, divergence, beta)
-        div, ce = div + d, ce + c
-    div, ce = div / n, ce / n
+    rows = mask.reshape(-1).nonzero().squeeze(1)  # the N supervised positions, flat, in the order of [mask]
+    step = chunk_size or max(1, rows.numel())
+    checkpointed = chunk_size is not None and torch.is_grad_enabled() and student_logits.requires_grad
+    div = ce = None
+    for start in range(0, max(1, rows.numel()), step):  # one pass even with N = 0: a 0 still in the graph
+        if chunk_size is None:
+            part_mask = mask
+        else:  # this chunk's positions as a (B, T) mask: gathered like the whole, never a (B*T, V) copy
+            part_mask = torch.zeros_like(mask)
+            part_mask.view(-1)[rows[start : start + step]] = True
+        part = (student_logits, teacher_logits, labels, part_mask, temperature, divergence, beta)
+        d, c = (
+            torch.utils.checkpoint.checkpoint(_kd_sums, *part, use_reentrant=False) if checkpointed else _kd_sums(*part)
+        )
+        div, ce = (d, c) if div is None else (div + d, ce + c)
+    return _kd_terms(div, ce, n, alpha, temperature)
+
+
+def _kd_terms(div_sum: torch.Tensor, ce_sum: torch.Tensor, n, alpha: float, temperature: float) -> KDLoss:
+    """The weighted sum shared by dense and sparse KD, from the sums over the N supervised positions."""
+    div, ce = div_sum / n, ce_sum / n
     return KDLoss(alpha * temperature**2 * div + (1 - alpha) * ce, div, ce)
+
+
+def _kd_sums(student, teacher, labels, mask, temperature, divergence, beta):
+    """(sum of the token divergences, sum of the CE) over the (B, T, V) logits' positions ``mask``:
+    gathered here, inside the checkpointed function when chunked, so no (N, V) copy outlives a chunk."""
+    s = student[mask].float()
+    log_p_s = F.log_softmax(s / temperature, dim=-1)
+    log_p_t = F.log_softmax(teacher[mask].float() / temperature, dim=-1)  # the gathered copy is freed at once
+    div = token_divergence(log_p_s, log_p_t, divergence, beta).sum()
+    return div, F.cross_entropy(s, labels[mask], reduction="sum")
 
 
 TAIL_FLOOR = math.log(1e-20)  # a tail bin's log-mass never goes below this (k = V leaves no tail)
@@ -209,7 +196,8 @@ def sparse_kd_loss(
     n = _count(mask.sum(), num_items)
     s = student_logits[mask].float()
     log_p_s, log_p_t = sparse_log_probs(s, values[mask], indices[mask], lse[mask], temperature, tail)
-    return _kd_terms(log_p_s, log_p_t, s, labels[mask], n, alpha, temperature, divergence, beta)
+    div = token_divergence(log_p_s, log_p_t, divergence, beta).sum()
+    return _kd_terms(div, F.cross_entropy(s, labels[mask], reduction="sum"), n, alpha, temperature)
 
 
 def _count(local: torch.Tensor, num_items=None) -> torch.Tensor:

@@ -238,7 +238,7 @@ def test_a_non_finite_loss_stops_training_at_once():
     module = CoTFineTune(tiny_lm(tok))
     module.compute_losses = lambda batch, n: {"loss": torch.tensor(float("nan")), "ce": torch.tensor(float("nan"))}
     ids = torch.zeros(1, 2, dtype=torch.long)
-    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids, "boundary_mask": ids.bool()}
     with pytest.raises(FloatingPointError, match="non-finite training loss at step 0"):
         module.model_step(batch, "train")
 

@@ -138,10 +138,7 @@ class ReasoningModule(L.LightningModule):
         training: validation and evaluation run on one rank's full data, and an all-reduce on one
         rank alone would hang. On one process the counts are the batch's own.
         """
-        labels = batch["labels"]
-        boundary = batch.get("boundary_mask")
-        if boundary is None:
-            boundary = labels.new_zeros((labels.size(0), 0), dtype=torch.bool)
+        labels, boundary = batch["labels"], batch["boundary_mask"]  # every batch has them (data.batch)
         local = torch.stack(
             [
                 (labels[:, 1:] != IGNORE_INDEX).sum(),

@@ -7,8 +7,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from rtd_lab.data.batch import encode_example
-from rtd_lab.data.segmenters import RULES, rule_boundaries
+from rtd_lab.data.segmenters import RULES
 from rtd_lab.data.training_set import Splits, encode_splits
 from rtd_lab.models.provision import BuildContext, prepare_teacher
 from rtd_lab.tasks.settings import build_context, container, teacher_settings
@@ -37,18 +36,12 @@ def run_segment(cfg: DictConfig) -> dict:
     splits = encode_splits(benchmark.splits(), tokenizer, benchmark.format, answer_only=False, boundaries="gold")
     val = splits["val"]
     gold = [set(x.boundary_pos) for x in val]
-    fmt = benchmark.format
     report: dict[str, dict] = {}
-    for rule in RULES:
-        predicted = [
-            set(
-                encode_example(
-                    x.example, tokenizer, fmt, segmenter=lambda t, r=rule: rule_boundaries(r, t, fmt)
-                ).boundary_pos
-            )
-            for x in val
-        ]
-        report[rule] = set_prf(predicted, gold)
+    for rule in RULES:  # the validation split as a run with data.boundaries=<rule> encodes it
+        ruled = encode_splits(
+            {"val": benchmark.splits()["val"]}, tokenizer, benchmark.format, answer_only=False, boundaries=rule
+        )
+        report[rule] = set_prf([set(x.boundary_pos) for x in ruled["val"]], gold)
     splits, info = learned_boundaries(cfg, ctx, splits, tokenizer.pad_token_id, teacher)
     report["learned"] = set_prf([set(x.boundary_pos) for x in splits["val"]], gold)
     out = Path(cfg.paths.output_dir)
