@@ -136,3 +136,58 @@ def test_answer_extraction_agrees_with_the_model_solutions_labels():
             total += 1
             agree += same_answer(extract_answer(v["solution"])[0], gold[r["question"]]) == v["is_correct"]
     assert total == 5276 and agree / total >= 0.99
+
+
+# Verdicts of lm-evaluation-harness 0.4.13's GSM8K task (its strict-match / flexible-extract filters,
+# then exact_match with the task's regexes_to_ignore and ignore_case), computed by running lm-eval's
+# own RegexFilter and exact_match_hf_evaluate on these strings, against the reference "... #### gold".
+LM_EVAL_TABLE = [
+    # completion, gold, strict, flexible, lenient (rtd_lab's default)
+    ("#### 18", "18", True, True, True),
+    ("#### 18.0", "18", False, False, True),
+    ("#### $1,200", "1200", False, True, True),
+    ("#### 1,200", "1200", True, True, True),
+    ("the answer is 7", "7", False, True, True),
+    ("Janet has 3 eggs.\n#### 18.", "18", True, True, True),
+    ("#### -5", "-5", True, True, True),
+    ("so 4 + 5 = 9\n#### 9\nQuestion: what is 2+2? #### 4", "9", True, False, False),
+    ("The answer is $42.", "42", False, True, True),
+    ("nothing here", "3", False, False, False),
+    ("#### 3/4", "3", True, False, False),
+    ("x = 12, y = 15 so 27", "27", False, True, True),
+    ("#### 007", "7", False, False, True),
+    ("A: 12", "12", False, True, True),
+    ("#### 18 dollars", "18", True, True, True),
+    ("####18", "18", False, True, True),
+    ("#### 12\n#### 13", "13", False, True, True),
+]
+
+
+@pytest.mark.parametrize(("text", "gold", "strict", "flexible", "lenient"), LM_EVAL_TABLE)
+def test_answer_modes_match_lm_eval_gsm8k_columns(text, gold, strict, flexible, lenient):
+    from rtd_lab.traces.answers import answer_in_mode
+
+    for mode, expected in (("strict", strict), ("flexible", flexible), ("lenient", lenient)):
+        bench = GSM8KBenchmark(path="unused", answer_mode=mode)
+        assert (bench.parse_completion(text)[1] == gold) is expected, mode
+        assert (answer_in_mode(text, mode) == gold) is expected, mode
+
+
+def test_answer_modes_agree_with_lm_eval_itself_where_it_imports():
+    filters = pytest.importorskip("lm_eval.filters.extraction", reason="lm-eval is not installed")
+    metrics = pytest.importorskip("lm_eval.api.metrics")
+    from rtd_lab.traces.answers import LM_EVAL_IGNORE, answer_in_mode
+
+    regex = {"strict": (r"#### (\-?[0-9\.\,]+)", 0), "flexible": (r"(-?[$0-9.,]{2,})|(-?[0-9]+)", -1)}
+    for text, gold, *_ in LM_EVAL_TABLE:
+        for mode, (pattern, select) in regex.items():
+            pred = filters.RegexFilter(pattern, select).apply([[text]], [{}])[0][0]
+            score = metrics.exact_match_hf_evaluate(
+                [pred], [f"step\n#### {gold}"], regexes_to_ignore=list(LM_EVAL_IGNORE), ignore_case=True
+            )["exact_match"]
+            assert bool(score == 1.0) is (answer_in_mode(text, mode) == gold), (text, mode)
+
+
+def test_an_unknown_answer_mode_is_refused():
+    with pytest.raises(ValueError, match="data.benchmark.answer_mode"):
+        GSM8KBenchmark(path="unused", answer_mode="loose")

@@ -26,7 +26,7 @@ from collections import Counter
 from pathlib import Path
 
 from rtd_lab.data.example import ReasoningExample, Step, TraceFormat
-from rtd_lab.traces.answers import extract_answer, normalize_number
+from rtd_lab.traces.answers import ANSWER_MODES, answer_in_mode, extract_answer, normalize_number
 
 log = logging.getLogger(__name__)
 FORMAT = TraceFormat(prompt_suffix="\nAnswer:", step_sep="\n", answer_prefix="\n#### ")
@@ -121,6 +121,7 @@ class GSM8KBenchmark:
         keep_annotations: bool = True,
         on_error: str = "raise",
         tokenizer_vocab_size: int = 4000,
+        answer_mode: str = "lenient",
     ):
         if on_error not in ("raise", "skip"):
             raise ValueError(f"data.benchmark.on_error must be raise or skip, got {on_error!r}")
@@ -131,6 +132,12 @@ class GSM8KBenchmark:
         self.keep_annotations = keep_annotations
         self.on_error = on_error
         self.tokenizer_vocab_size = tokenizer_vocab_size
+        if answer_mode not in ANSWER_MODES:
+            raise ValueError(f"data.benchmark.answer_mode must be one of {list(ANSWER_MODES)}, got {answer_mode!r}")
+        # How a completion's final answer is read (rtd_lab.traces.answers.answer_in_mode): lenient, or
+        # lm-eval's strict / flexible GSM8K columns. Gold answers are integers, which every mode reads as
+        # lm-eval's reference normalisation does, so a string comparison with them is lm-eval's.
+        self.answer_mode = answer_mode
         self.skipped: Counter[str] = Counter()
         self._splits: dict[str, list[ReasoningExample]] | None = None
 
@@ -196,10 +203,10 @@ class GSM8KBenchmark:
         texts = [ex.question + " " + " ".join(s.text for s in ex.steps) for ex in self.splits()["train"]]
         return train_bpe_tokenizer(texts, self.tokenizer_vocab_size)
 
-    @staticmethod
-    def parse_completion(text: str) -> tuple[list[str | None], str | None]:
-        """(step values, final answer) of generated text: lines before the answer, then the answer."""
-        answer, _ = extract_answer(text)
+    def parse_completion(self, text: str) -> tuple[list[str | None], str | None]:
+        """(step values, final answer) of generated text: lines before the answer, then the answer
+        (read as ``answer_mode`` says)."""
+        answer = answer_in_mode(text, self.answer_mode)
         body = text.split("####", 1)[0]
         lines = [x.strip() for x in body.strip().split("\n") if x.strip()]
         return [step_value(x) for x in lines], answer

@@ -12,6 +12,11 @@ A number is normalised before comparison: thousands commas, ``$`` and a trailing
 (``18.0`` == ``18``; ``1/2`` is read as a fraction). Numbers are read by the one bounded parser,
 ``rtd_lab.traces.numbers``: NaN, infinities and huge exponents are not numbers. Nothing is ever
 evaluated as code.
+
+That is the ``lenient`` answer mode. ``strict`` and ``flexible`` reproduce lm-evaluation-harness's two
+GSM8K columns (its ``strict-match`` and ``flexible-extract`` filters, then ``exact_match`` with the
+task's ``regexes_to_ignore`` and ``ignore_case``): ``#### 18.0``, ``#### $1,200`` and ``the answer is
+7`` are right in lenient mode and wrong under lm-eval's strict match (``answer_in_mode``).
 """
 
 from __future__ import annotations
@@ -48,3 +53,38 @@ def same_answer(a: str | None, b: str | None) -> bool:
     """Equal as exact numbers (fractions and decimals compared by value); a non-number equals nothing."""
     x, y = parse_number(a), parse_number(b)
     return x is not None and x == y
+
+
+# lm-evaluation-harness's GSM8K task (lm_eval/tasks/gsm8k/gsm8k.yaml): its two filters and the
+# normalisation its exact_match applies to prediction and reference alike.
+ANSWER_MODES = ("lenient", "strict", "flexible")
+LM_EVAL_FILTERS = {
+    "strict": (re.compile(r"#### (\-?[0-9\.\,]+)"), 0),  # the first match
+    "flexible": (re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)"), -1),  # the last match
+}
+LM_EVAL_IGNORE = (",", r"\$", r"(?s).*#### ", r"\.$")
+LM_EVAL_INVALID = "[invalid]"
+
+
+def lm_eval_normalize(text: str) -> str:
+    for pattern in LM_EVAL_IGNORE:
+        text = re.sub(pattern, "", text)
+    return text.lower()
+
+
+def answer_in_mode(text: str, mode: str) -> str | None:
+    """The final answer of ``text`` as ``mode`` reads it, ready for string comparison with a gold
+    answer read the same way (``lenient``: ``extract_answer``'s normalised number; ``strict`` /
+    ``flexible``: lm-eval's filtered and normalised string, ``[invalid]`` when its regex finds nothing)."""
+    if mode == "lenient":
+        return extract_answer(text)[0]
+    if mode not in LM_EVAL_FILTERS:
+        raise ValueError(f"answer_mode must be one of {list(ANSWER_MODES)}, got {mode!r}")
+    pattern, select = LM_EVAL_FILTERS[mode]
+    matches = pattern.findall(text)
+    if not matches:
+        return LM_EVAL_INVALID
+    match = matches[select]
+    if isinstance(match, tuple):  # several groups: the first that matched
+        match = next((m for m in match if m), LM_EVAL_INVALID)
+    return lm_eval_normalize(match.strip())
