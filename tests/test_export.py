@@ -136,3 +136,47 @@ def test_model_hparams_leave_models_out():
     module = RTD(tiny_lm(tok, 16), Teacher(tiny_lm(tok, 24)), w_align=0.2)
     assert module.hparams["w_align"] == 0.2
     assert not {"student", "teacher", "optimizer", "scheduler", "evaluator"} & set(module.hparams)
+
+
+def test_export_benchmark_writes_an_lm_eval_task_scored_like_rtd_lab(trained, make_cfg):
+    import re
+
+    import yaml
+
+    from rtd_lab.tasks.export_benchmark import run_export_benchmark
+    from rtd_lab.traces.answers import lm_eval_normalize
+
+    _, run, results, tmp = trained
+    out = tmp / "lm_eval"
+    info = run_export_benchmark(make_cfg("task=export_benchmark", f"export.benchmark_dir={out}"))
+    task = yaml.safe_load((out / f"{info['task']}.yaml").read_text())
+    rows = [json.loads(line) for line in (out / "test.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (run / "predictions_student.jsonl").read_text().splitlines()]
+    assert task["dataset_kwargs"]["data_files"]["test"] == str(out / "test.jsonl")
+    assert [r["prompt"] for r in rows] == [r["prompt"] for r in records]  # the prompts rtd_lab generated from
+
+    # The task's own filter and exact_match, applied to the student's completions, give rtd_lab's answer accuracy.
+    (step,) = [f for f in task["filter_list"][0]["filter"] if f["function"] == "regex"]
+    ignore = task["metric_list"][0]["regexes_to_ignore"]
+
+    def lm_eval_normalised(text: str) -> str:
+        for pattern in ignore:
+            text = re.sub(pattern, "", text)
+        return text.lower()
+
+    def filtered(completion: str) -> str:
+        found = re.findall(step["regex_pattern"], completion)
+        return found[0].strip() if found else "[invalid]"
+
+    hits = [
+        lm_eval_normalised(filtered(r["completion"])) == lm_eval_normalised(row["target"])
+        for r, row in zip(records, rows, strict=True)
+    ]
+    assert sum(hits) / len(hits) == pytest.approx(results["student"]["metrics"]["answer_acc"])
+    # The gold completions score 1 under the task, and an off-by-one answer 0 (the student above may be weak).
+    for r, row in zip(records, rows, strict=True):
+        gold = " ".join(r["gold_steps"]) + f" #### {r['gold_answer']}"
+        assert lm_eval_normalised(filtered(gold)) == lm_eval_normalised(row["target"])
+        wrong = f"#### {int(r['gold_answer']) + 1}"
+        assert lm_eval_normalised(filtered(wrong)) != lm_eval_normalised(row["target"])
+    assert lm_eval_normalize(row["target"]) == r["gold_answer"]

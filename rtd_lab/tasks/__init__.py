@@ -19,6 +19,7 @@ TASKS = {
     "cache": "rtd_lab.tasks.cache:run_cache",
     "report": "rtd_lab.tasks.report:run_report",
     "export": "rtd_lab.tasks.export:run_export",
+    "export_benchmark": "rtd_lab.tasks.export_benchmark:run_export_benchmark",
 }
 
 
