@@ -31,6 +31,7 @@ from torchmetrics.utilities import dim_zero_cat
 from rtd_lab.data.batch import Collator, encode_example, move_batch
 from rtd_lab.data.example import ReasoningExample
 from rtd_lab.losses import gather_boundaries
+from rtd_lab.models.build import merged_copy
 from rtd_lab.traces.teacher import completion_to_steps
 
 log = logging.getLogger(__name__)
@@ -232,7 +233,7 @@ def self_consistency(student, tokenizer, benchmark, examples, k: int, temperatur
 def quantized_metrics(student, evaluator, loader, bits: int) -> dict:
     """Test metrics of the student after post-training quantisation of its linear layers."""
     if bits == 8:
-        model = torch.ao.quantization.quantize_dynamic(copy.deepcopy(student).cpu().float(), {nn.Linear}, torch.qint8)
+        model = torch.ao.quantization.quantize_dynamic(merged_copy(student).cpu().float(), {nn.Linear}, torch.qint8)
         metrics, _ = evaluator.evaluate(model, loader, "int8 eval")
         return {"status": "ok", "scheme": "int8 dynamic (torch.ao, CPU)", "metrics": metrics}
     if bits == 4:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +93,13 @@ def check_same_tokenizer(student_source: str | Path, tokenizer, field: str = "st
             f"{field}={student_source} uses a different tokenizer than the teacher "
             f"(vocab {len(student_tok)} vs {len(tokenizer)}); distillation needs the same one"
         )
+
+
+def merged_copy(model):
+    """A copy of ``model`` as it is deployed: a LoRA student (``student.lora``, a PEFT model) with its
+    adapters merged into a plain transformers model; any other model copied as it is."""
+    model = copy.deepcopy(model)
+    return model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
 
 
 def check_finite_weights(model, what: str) -> None:

@@ -86,9 +86,40 @@ class StudentSettings:
     attn_implementation: str | None = None  # eager | sdpa | flash_attention_2 | flex_attention; None: default
     gradient_checkpointing: bool = False  # recompute activations in backward: memory for time
     compile: bool = False  # torch.compile the student in place (its state dict keeps its keys)
+    # Low-rank adapters (PEFT) instead of training every weight: {r, alpha, dropout, target_modules};
+    # None: full fine-tuning. Only the adapters (and a method's projections) are trained.
+    lora: dict | None = None
 
     def __post_init__(self) -> None:
         check_load_options(self.dtype, self.attn_implementation, "student")
+        if self.lora is not None:
+            lora_config(self.lora)  # its checks, before any model is built
+
+
+LORA_FIELDS = {"r", "alpha", "dropout", "target_modules"}
+
+
+def lora_config(settings: dict):
+    """``student.lora`` as a ``peft.LoraConfig`` (checked first, so a typo fails before any work)."""
+    unknown, missing = set(settings) - LORA_FIELDS, LORA_FIELDS - set(settings)
+    if unknown or missing:
+        raise ValueError(
+            f"student.lora needs exactly {sorted(LORA_FIELDS)}: unknown {sorted(unknown)}, missing {sorted(missing)}"
+        )
+    r, alpha, dropout, targets = settings["r"], settings["alpha"], settings["dropout"], settings["target_modules"]
+    if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+        raise ValueError(f"student.lora.r must be an integer >= 1, got {r!r}")
+    if not isinstance(alpha, int | float) or alpha <= 0:
+        raise ValueError(f"student.lora.alpha must be > 0, got {alpha!r}")
+    if not isinstance(dropout, int | float) or not 0 <= dropout < 1:
+        raise ValueError(f"student.lora.dropout must be in [0, 1), got {dropout!r}")
+    if not targets or not all(isinstance(t, str) for t in targets):
+        raise ValueError(f"student.lora.target_modules must be a non-empty list of module names, got {targets!r}")
+    try:
+        from peft import LoraConfig
+    except ImportError as err:
+        raise ValueError("student.lora needs the peft package: pip install 'rtd_lab[lora]'") from err
+    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(targets), task_type="CAUSAL_LM")
 
 
 @dataclass(frozen=True)
@@ -272,6 +303,10 @@ def prepare_student(s: StudentSettings, ctx: BuildContext, tokenizer, teacher: T
         model = model.float()
     if s.gradient_checkpointing:
         model.gradient_checkpointing_enable()
+    if s.lora is not None:
+        from peft import get_peft_model
+
+        model = get_peft_model(model, lora_config(s.lora))  # freezes the base weights
     if s.compile:
         model.compile()
     if pretrained:

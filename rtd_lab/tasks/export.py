@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from rtd_lab.evaluation import Evaluator
 from rtd_lab.export import export_model, model_card
 from rtd_lab.methods.base import student_state
+from rtd_lab.models.build import merged_copy
 from rtd_lab.results import depth_table
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,7 @@ def export_student(
 ) -> Path:
     """The student, its tokenizer, rtd_lab's greedy generation settings and a model card at ``out``
     (``cfg``: the run's config, for the card); uploaded too when ``settings.push_to_hub`` (``export:``)."""
+    student = merged_copy(student)  # LoRA (student.lora): the adapters merged in
     card = student_card(cfg, method, metrics, list(evaluator.benchmark.depths), command, evaluator)
     path = export_model(student, tokenizer, out, card, generation_config=evaluator.generation_config)
     log.info("student exported to %s (AutoModelForCausalLM.from_pretrained loads it)", path)
