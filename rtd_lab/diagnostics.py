@@ -27,6 +27,7 @@ from torch import nn
 from torchmetrics import Metric
 from torchmetrics.classification import BinaryAUROC
 from torchmetrics.utilities import dim_zero_cat
+from tqdm.auto import tqdm
 
 from rtd_lab.data.batch import Collator, encode_example, move_batch
 from rtd_lab.data.example import ReasoningExample
@@ -111,7 +112,7 @@ def boundary_cka(student, teacher_model, loader, student_layer: int, teacher_lay
     """CKA by step index on gold traces (teacher forcing). The coherence-drift curve ``cka`` is that
     of the deepest chains (every step index, one chain length); ``cka_by_depth`` has every depth."""
     biased, debiased = BoundaryCKA(), BoundaryCKA(debiased=True)
-    for batch in loader:
+    for batch in tqdm(loader, desc="CKA", leave=False):
         batch = move_batch(batch, device)
         pos, mask = batch["boundary_pos"], batch["boundary_mask"]
         h_s = _layer_states(student, batch, pos, student_layer)
@@ -133,7 +134,7 @@ def _transitions(student, teacher_model, encoded, pad_id, student_layer, teacher
     """Per chain: (δ_S (k, D_S), δ_T (k, D_T)), δ_i = h_i − h_{i−1}, h_0 the last prompt token."""
     collate = Collator(pad_id)
     out = []
-    for start in range(0, len(encoded), batch_size):
+    for start in tqdm(range(0, len(encoded), batch_size), desc="transitions", leave=False):
         part = encoded[start : start + batch_size]
         batch = move_batch(collate(part), device)
         K = max(len(x.boundary_pos) for x in part) + 1

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torchmetrics.functional.classification import binary_auroc
+from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
 from rtd_lab.data.batch import Collator, move_batch
@@ -204,7 +205,7 @@ def fit_scorer(model: ProcessRewardModel, x: torch.Tensor, y: torch.Tensor, epoc
     torch.manual_seed(seed)
     opt = torch.optim.AdamW(model.net.parameters(), lr=lr, weight_decay=0.01)
     pos_weight = (1 - y.mean()) / y.mean()
-    for _ in range(epochs):
+    for _ in tqdm(range(epochs), desc="fit scorer", leave=False):
         loss = F.binary_cross_entropy_with_logits(model(x), y, pos_weight=pos_weight)
         opt.zero_grad()
         loss.backward()
@@ -281,7 +282,7 @@ def sample_teacher_steps(
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id,
         )
-        for start in range(0, len(questions), batch_size):
+        for start in tqdm(range(0, len(questions), batch_size), desc="PRM samples", leave=False):
             chunk = questions[start : start + batch_size]
             batch = move_batch(collate(chunk), device)
             for _ in range(1 if gold else cfg.samples_per_question):

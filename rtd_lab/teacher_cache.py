@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from rtd_lab.models.teacher import SparseLogits, TeacherOutput
 from rtd_lab.utils import artifact_key, atomic_write_json, sha256_file
@@ -116,7 +117,7 @@ def _teacher_rows(teacher, items: list, spec: CacheSpec, batch_size: int, pad_id
         **{f"hint_{i}": [] for i in spec.hint_layers},
     }
     layers = sorted({spec.layer, *spec.hint_layers})
-    for start in range(0, len(items), batch_size):
+    for start in tqdm(range(0, len(items), batch_size), desc="teacher cache", leave=False):
         chunk = items[start : start + batch_size]
         T = max(len(x.input_ids) for x in chunk)
         ids = torch.full((len(chunk), T), pad_id, dtype=torch.long)
@@ -264,7 +265,7 @@ def verify(path: Path, fingerprint: str, encoded: list, level: str = "hash") -> 
         return None, f"{manifest_file}: unreadable manifest ({err})"
     if manifest.get("fingerprint") != fingerprint or manifest.get("n_examples") != len(encoded):
         return None, f"{path}: built for other training data (fingerprint or example count differs)"
-    for shard in manifest["shards"]:
+    for shard in tqdm(manifest["shards"], desc=f"verify teacher cache ({level})", leave=False):
         for name, info in shard["files"].items():
             f = path / shard["dir"] / name
             if not f.exists():

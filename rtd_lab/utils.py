@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
 
 def config_hash(obj: Any, length: int = 12) -> str:
     """A stable key for whatever produced an artifact (a plain, JSON-serialisable structure)."""
@@ -157,7 +159,7 @@ def verify_built(path: Path, marker: str, what: str) -> dict:
             "%s %s was built without file hashes (an older rtd_lab): not verified", what, path
         )
         return meta
-    for name, digest in recorded.items():
+    for name, digest in tqdm(recorded.items(), desc=f"verify {what}", leave=False, disable=len(recorded) < 16):
         file = path / name
         if not file.is_file():
             raise ValueError(f"{what} {path}: {name} is missing; delete {path} to rebuild it")

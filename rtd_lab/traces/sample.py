@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
 from rtd_lab.data.batch import Collator, encode_example, move_batch
@@ -71,7 +72,7 @@ def sample_chunk(model, tokenizer, benchmark, examples, temperature: float, n_sa
     model.eval()
     torch.manual_seed(seed)
     rows = []
-    for start in range(0, len(examples), batch_size):
+    for start in tqdm(range(0, len(examples), batch_size), desc=f"sample x{n_samples}", leave=False):
         chunk = examples[start : start + batch_size]
         batch = move_batch(collate([encode_example(ex, tokenizer, benchmark.format) for ex in chunk]), device)
         prompts = batch["prompt_ids"].repeat_interleave(n_samples, dim=0)  # (B * N, P)
