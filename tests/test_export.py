@@ -180,3 +180,10 @@ def test_export_benchmark_writes_an_lm_eval_task_scored_like_rtd_lab(trained, ma
         wrong = f"#### {int(r['gold_answer']) + 1}"
         assert lm_eval_normalised(filtered(wrong)) != lm_eval_normalised(row["target"])
     assert lm_eval_normalize(row["target"]) == r["gold_answer"]
+
+
+def test_results_report_training_throughput(trained):
+    _, _, results, _ = trained
+    student = results["student"]
+    # 4 steps of 16 examples: at least one token per example of every batch.
+    assert student["train_tokens"] >= 4 * 16 and student["tokens_per_second"] > 0

@@ -106,6 +106,7 @@ class ReasoningModule(L.LightningModule):
         # The teacher is frozen and cached on disk by its own key: keep it out of checkpoints.
         self.strict_loading = False
         self._rng_to_restore: dict | None = None  # from a checkpoint: see on_train_batch_start
+        self.tokens_trained: torch.Tensor | None = None  # since this process started (training_step)
         # The offline teacher outputs of the training split (rtd_lab.teacher_cache), when the run has them.
         self.teacher_cache = None
 
@@ -215,6 +216,9 @@ class ReasoningModule(L.LightningModule):
         return losses["loss"]
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        # Tokens this process trained on (for throughput): a device tensor, so no sync per step.
+        seen = batch["attention_mask"].sum()
+        self.tokens_trained = seen if self.tokens_trained is None else self.tokens_trained + seen
         return self.model_step(batch, "train")
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:

@@ -347,6 +347,8 @@ def train(cfg: DictConfig) -> dict:
         timings["export"] = round(time.time() - t5, 1)
     timings["total"] = round(time.time() - t0, 1)
 
+    world = trainer.world_size
+    tokens = int(module.tokens_trained) * world if module.tokens_trained is not None else None
     results = {
         "method": p.method_name,
         "run": cfg.get("run_name", p.method_name),
@@ -357,6 +359,12 @@ def train(cfg: DictConfig) -> dict:
         "student": {
             "metrics": student_metrics,
             "steps": trainer.global_step,
+            # Throughput of this process's training (a resumed run counts from its restart); under DDP
+            # rank zero's count times the world size (the ranks share each global batch evenly).
+            "train_tokens": tokens,
+            "tokens_per_second": round(tokens / timings["student_fit"], 1)
+            if tokens and timings["student_fit"]
+            else None,
             "base": p.student_base,
             "export": str(exported) if exported else None,  # a Hugging Face model folder
             "learning_curve": next((c.summary() for c in callbacks if isinstance(c, LearningCurve)), None),
