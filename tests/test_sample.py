@@ -73,3 +73,24 @@ def test_killed_sample_run_resumes_to_the_same_dataset(make_cfg, tmp_path, monke
 def test_sample_config_errors(make_cfg, tmp_path):
     with pytest.raises(ValueError, match="names must be unique"):
         run_sample(_cfg(make_cfg, tmp_path, "sample.teachers=[{name: a},{name: a}]"))
+
+
+def test_the_vllm_backend_is_refused_before_any_work_without_vllm(make_cfg, tmp_path):
+    import importlib.util
+
+    from rtd_lab.tasks.preflight import check_config
+
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vllm is installed: the backend itself is tested below")
+    with pytest.raises(ValueError, match="sample.backend=vllm needs the vllm package"):
+        check_config(_cfg(make_cfg, tmp_path, "sample.backend=vllm"))
+    with pytest.raises(ValueError, match="sample.backend must be one of"):
+        check_config(_cfg(make_cfg, tmp_path, "sample.backend=sglang"))
+
+
+def test_the_vllm_backend_writes_the_same_dataset_shape(make_cfg, tmp_path):
+    pytest.importorskip("vllm", reason="sample.backend=vllm needs vllm (pip install .[vllm], a GPU)")
+    path = run_sample(_cfg(make_cfg, tmp_path, ONE_TEACHER, "sample.backend=vllm"))
+    ds = datasets.load_from_disk(str(path))
+    assert set(ds.column_names) == set(sample_mod.COLUMNS)
+    assert len(ds) == 12 * 1 * 2 * 2 and set(ds["sample_index"]) == {0, 1}

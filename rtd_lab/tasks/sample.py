@@ -61,7 +61,7 @@ def run_sample(cfg: DictConfig) -> Path:
     names = []
     progress = tqdm(total=len(teachers) * len(temperatures) * n_chunks, desc="sample (chunks)")
     for spec in teachers:
-        model = tokenizer = None
+        model = tokenizer = engine = None
         for temperature in temperatures:
             for k in range(n_chunks):
                 name = f"{spec.name}__t{temperature:g}__{k:05d}"
@@ -71,12 +71,17 @@ def run_sample(cfg: DictConfig) -> Path:
                     progress.update()
                     continue
                 if model is None:
-                    model, tokenizer, _ = load_teacher(cfg, spec, benchmark)
+                    model, tokenizer, info = load_teacher(cfg, spec, benchmark)
+                    if s.backend == "vllm":  # the teacher's folder (cached or pretrained), served by vLLM
+                        engine = sampling.vllm_engine(info["source"], s.seed)
                 seed = chunk_seed(s.seed, spec.name, temperature, k)
                 part = examples[k * s.chunk_questions : (k + 1) * s.chunk_questions]
-                rows = sampling.sample_chunk(
-                    model, tokenizer, benchmark, part, temperature, s.n_samples, s.batch_size, seed
-                )
+                if engine is not None:
+                    rows = sampling.sample_chunk_vllm(engine, benchmark, part, temperature, s.n_samples, seed)
+                else:
+                    rows = sampling.sample_chunk(
+                        model, tokenizer, benchmark, part, temperature, s.n_samples, s.batch_size, seed
+                    )
                 for r in rows:
                     r["teacher"] = spec.name
                 save_dataset_atomically(datasets.Dataset.from_list([{c: r[c] for c in COLUMNS} for r in rows]), final)
