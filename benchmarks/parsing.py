@@ -21,7 +21,7 @@ import statistics
 import time
 from pathlib import Path
 
-from rtd_lab.data.gsm8k import GSM8KBenchmark
+from rtd_lab.data.gsm8k import parse_completion as gsm8k_parse_completion
 from rtd_lab.prm import step_value
 from rtd_lab.traces.answers import extract_answer, normalize_number
 from rtd_lab.traces.arith import check_annotations, evaluate
@@ -55,7 +55,7 @@ PARSERS = {
     "extract_answer": extract_answer,
     "check_annotations": check_annotations,
     "arith.evaluate": _evaluate,
-    "gsm8k.parse_completion": GSM8KBenchmark.parse_completion,
+    "gsm8k.parse_completion": gsm8k_parse_completion,
     "prm.step_value": step_value,
     "filter.reasoning_path": reasoning_path,
 }

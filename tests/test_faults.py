@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from rtd_lab.data.gsm8k import FORMAT as GSM8K_FORMAT
 from rtd_lab.data.gsm8k import GSM8KBenchmark, MalformedInput, parse_record, read_jsonl
+from rtd_lab.data.gsm8k import parse_completion as gsm8k_parse_completion
 from rtd_lab.data.gsm8k import step_value as gsm8k_step_value
 from rtd_lab.models.build import check_finite_weights
 from rtd_lab.prm import step_value as prm_step_value
@@ -105,7 +106,7 @@ def test_hostile_numbers_are_wrong_answers_not_crashes(text):
         answer, _ = extract_answer(text)
         assert not same_answer(answer, "7")  # 7 is in none of them
         check_annotations(text)  # unparseable annotations are "unknown", never an exception
-        values, answer = GSM8KBenchmark.parse_completion(text)
+        values, answer = gsm8k_parse_completion(text)
         assert answer is None or parse_number(answer) is not None
         gsm8k_step_value(text)
         prm_step_value(text)
@@ -135,7 +136,7 @@ def test_any_text_parses_without_an_exception(text):
     normalize_number(text)
     extract_answer(text)
     check_annotations(text)
-    GSM8KBenchmark.parse_completion(text)
+    gsm8k_parse_completion(text)
     prm_step_value(text)
     reasoning_path(text)
     try:
@@ -187,7 +188,7 @@ def test_hostile_gold_answers_and_bytes_name_file_and_line(tmp_path):
 # ---- 4. GSM8K with teacher / RFT traces ------------------------------------------------------------
 def test_gsm8k_completions_become_steps():
     text = "He buys 2 + 3 = <<2+3=5>>5 apples.\n\nThen 5 * 2 = <<5*2=10>>10.\n#### 10"
-    steps, answer = completion_to_steps(text, GSM8K_FORMAT, GSM8KBenchmark.parse_completion)
+    steps, answer = completion_to_steps(text, GSM8K_FORMAT, gsm8k_parse_completion)
     assert [s.value for s in steps] == ["5", "10"] and answer == "10"
 
 
@@ -321,7 +322,7 @@ def test_nan_fails_before_any_work(tmp_path):
 
 def test_sample_settings_are_checked():
     base = {"split": "train", "chunk_questions": 5, "n_samples": 2, "batch_size": 4, "max_questions": None,
-            "teachers": [{"name": "a"}], "temperatures": [0.7], "seed": 0, "out_dir": "x"}  # fmt: skip
+            "teachers": [{"name": "a"}], "temperatures": [0.7], "seed": 0, "out_dir": "x", "backend": "hf"}  # fmt: skip
     SampleSettings(**base)
     with pytest.raises(ValueError, match="sample.batch_size"):
         SampleSettings(**{**base, "batch_size": 0})

@@ -105,6 +105,15 @@ def read_jsonl(path: Path, on_error: str = "raise") -> tuple[list[tuple[int, dic
     return rows, skipped
 
 
+def parse_completion(text: str, answer_mode: str = "lenient") -> tuple[list[str | None], str | None]:
+    """(step values, final answer) of generated text: lines before the answer, then the answer (read
+    as ``answer_mode`` says: ``rtd_lab.traces.answers.answer_in_mode``)."""
+    answer = answer_in_mode(text, answer_mode)
+    body = text.split("####", 1)[0]
+    lines = [x.strip() for x in body.strip().split("\n") if x.strip()]
+    return [step_value(x) for x in lines], answer
+
+
 class GSM8KBenchmark:
     """The benchmark protocol of ``SyntheticBenchmark`` (splits, depths, format, parser, tokenizer)."""
 
@@ -204,12 +213,7 @@ class GSM8KBenchmark:
         return train_bpe_tokenizer(texts, self.tokenizer_vocab_size)
 
     def parse_completion(self, text: str) -> tuple[list[str | None], str | None]:
-        """(step values, final answer) of generated text: lines before the answer, then the answer
-        (read as ``answer_mode`` says)."""
-        answer = answer_in_mode(text, self.answer_mode)
-        body = text.split("####", 1)[0]
-        lines = [x.strip() for x in body.strip().split("\n") if x.strip()]
-        return [step_value(x) for x in lines], answer
+        return parse_completion(text, self.answer_mode)
 
     def max_completion_tokens(self) -> int:
         return 256
