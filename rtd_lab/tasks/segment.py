@@ -37,10 +37,9 @@ def run_segment(cfg: DictConfig) -> dict:
     val = splits["val"]
     gold = [set(x.boundary_pos) for x in val]
     report: dict[str, dict] = {}
+    examples = {"val": [x.example for x in val]}
     for rule in RULES:  # the validation split as a run with data.boundaries=<rule> encodes it
-        ruled = encode_splits(
-            {"val": benchmark.splits()["val"]}, tokenizer, benchmark.format, answer_only=False, boundaries=rule
-        )
+        ruled = encode_splits(examples, tokenizer, benchmark.format, answer_only=False, boundaries=rule)
         report[rule] = set_prf([set(x.boundary_pos) for x in ruled["val"]], gold)
     splits, info = learned_boundaries(cfg, ctx, splits, tokenizer.pad_token_id, teacher)
     report["learned"] = set_prf([set(x.boundary_pos) for x in splits["val"]], gold)
