@@ -187,3 +187,17 @@ def test_results_report_training_throughput(trained):
     student = results["student"]
     # 4 steps of 16 examples: at least one token per example of every batch.
     assert student["train_tokens"] >= 4 * 16 and student["tokens_per_second"] > 0
+
+
+def test_a_wandb_run_logs_sample_traces_and_the_student_artifact(make_cfg, monkeypatch):
+    monkeypatch.delenv("WANDB_MODE", raising=False)  # logger.offline (true) decides, as for a user
+    cfg = make_cfg("logger=wandb", "logger.log_model=true", "trainer.max_steps=4", "diagnostics.enabled=false")
+    train(cfg)
+    out = Path(cfg.paths.output_dir)
+    (run,) = (out / "wandb").glob("offline-run-*")
+    assert run.name.endswith(wandb_run_id(out))  # the id a resumed run reuses
+    (table,) = run.glob("files/media/table/test/samples_*.table.json")
+    rows = json.loads(table.read_text())
+    assert rows["columns"][:4] == ["uid", "depth", "question", "gold"] and len(rows["data"]) == 12
+    # The exported student is logged as a model artifact (offline: recorded in the run's log).
+    assert f"student-{wandb_run_id(out)}".encode() in next(run.glob("*.wandb")).read_bytes()
