@@ -33,7 +33,8 @@ tags: [rtd_lab, distillation, reasoning]
 ---
 # {title}
 
-A student model distilled by [rtd_lab](https://github.com/) from a teacher's step-by-step reasoning.
+A student model distilled with rtd_lab (Reasoning Trace Distillation and its baselines) from a
+teacher's step-by-step reasoning.
 
 | | |
 |---|---|
