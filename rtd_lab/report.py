@@ -48,8 +48,8 @@ PILOT_SEEDS = 5  # fewer seeds per arm than this is a pilot
 # Config entries that name, place or display a run, or that cannot change what it learns: runs that
 # differ only in these (and the seed) are seeds of one arm.
 NOT_ARM_KEYS = {
-    "seed", "run_name", "group", "tags", "task", "ckpt_path", "retain_freed_memory", "trainer.default_root_dir",
-    "trainer.enable_progress_bar", "teacher_cache.verify", "sample.out_dir",
+    "seed", "run_name", "group", "tags", "task", "ckpt_path", "retain_freed_memory", "parallel_builds",
+    "trainer.default_root_dir", "trainer.enable_progress_bar", "teacher_cache.verify", "sample.out_dir",
 }  # fmt: skip
 NOT_ARM_PREFIX = ("paths.", "logger.", "callbacks.", "hydra.", "report.", "diagnostics.")
 

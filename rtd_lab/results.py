@@ -7,12 +7,16 @@ from typing import Any
 
 
 def environment() -> dict[str, str]:
-    """The versions results depend on (a new transformers release once changed ours)."""
+    """The versions results depend on (a new transformers release once changed ours), and the CPU
+    threads the run had (a sweep's parallel jobs get a share each: hydra.launcher.n_jobs)."""
     import platform
     from importlib.metadata import version
 
+    import torch
+
     packages = ("torch", "transformers", "lightning", "torchmetrics", "tokenizers", "numpy")
-    return {"python": platform.python_version(), **{p: version(p) for p in packages}}
+    versions = {p: version(p) for p in packages}
+    return {"python": platform.python_version(), **versions, "torch_threads": str(torch.get_num_threads())}
 
 
 def train_set_stats(train: list, benchmark, answer_only: bool) -> dict:

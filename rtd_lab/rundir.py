@@ -27,7 +27,8 @@ RUN_CONFIG = "run_config.json"
 # Entries that place, name or display a run, or only say how to resume it: changing them between an
 # interruption and the resumption is allowed.
 RESUME_ONLY = {
-    "ckpt_path", "retain_freed_memory", "trainer.enable_progress_bar", "teacher_cache.verify", "tags", "group",
+    "ckpt_path", "retain_freed_memory", "parallel_builds", "trainer.enable_progress_bar", "teacher_cache.verify",
+    "tags", "group",
 }  # fmt: skip
 RESUME_ONLY_PREFIX = ("paths.", "logger.", "callbacks.", "hydra.", "report.")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import json
@@ -116,21 +117,56 @@ def build_once(path: Path, marker: str, build) -> None:
     """
     if (path / marker).exists():
         return
-    remove_stale_builds(path)
-    tmp = path.parent / f".{path.name}.tmp-{socket.gethostname()}-{os.getpid()}-{time.time_ns()}"
-    tmp.mkdir(parents=True)
-    try:
-        meta = build(tmp)
-        # Every file's hash, checked at each load (verify_built): a flipped byte in a cached model
-        # must stop the run that would use it, not train a student on it.
-        atomic_write_json(tmp / marker, {**meta, "files": file_hashes(tmp, exclude={marker})})
+    with build_lock(path):
+        if (path / marker).exists():  # built by the run this one waited for
+            return
+        remove_stale_builds(path)
+        tmp = path.parent / f".{path.name}.tmp-{socket.gethostname()}-{os.getpid()}-{time.time_ns()}"
+        tmp.mkdir(parents=True)
         try:
-            tmp.rename(path)
-        except OSError:  # another run finished the same artifact first: use theirs
+            meta = build(tmp)
+            # Every file's hash, checked at each load (verify_built): a flipped byte in a cached model
+            # must stop the run that would use it, not train a student on it.
+            atomic_write_json(tmp / marker, {**meta, "files": file_hashes(tmp, exclude={marker})})
+            try:
+                tmp.rename(path)
+            except OSError:  # another run finished the same artifact first: use theirs
+                shutil.rmtree(tmp, ignore_errors=True)
+        except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            raise
+
+
+@contextlib.contextmanager
+def build_lock(path: Path):
+    """Hold an exclusive lock on building ``path`` (``flock`` on a hidden file beside it).
+
+    The jobs of a parallel sweep start together and need the same teacher, PRM or cache: the first
+    builds it, the others wait and load it, instead of all building it at once. Where the file
+    system has no locks, every run builds and the atomic rename of ``build_once`` keeps one.
+    """
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        fcntl = None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.parent / f".{path.name}.lock", "a") as handle:
+        locked = False
+        if fcntl is not None:
+            try:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    logging.getLogger(__name__).info("waiting for another run that is building %s", path)
+                    fcntl.flock(handle, fcntl.LOCK_EX)
+                locked = True
+            except OSError:  # a file system without locks
+                pass
+        try:
+            yield
+        finally:
+            if locked:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def sha256_file(path: Path) -> str:

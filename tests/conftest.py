@@ -57,6 +57,7 @@ TINY = [
     "trainer.enable_progress_bar=false",
     "callbacks.model_checkpoint.every_n_train_steps=2",
     "logger=csv",
+    "parallel_builds=false",  # a second process costs more than these 3-step builds (one test turns it on)
 ]
 
 

@@ -82,7 +82,7 @@ def test_load_from_checkpoint_restores_the_method_and_its_settings(trained):
     hparams = ckpt["hyper_parameters"]
     assert hparams["w_align"] == cfg.method.w_align and hparams["temperature"] == cfg.method.temperature
     student = AutoModelForCausalLM.from_pretrained(run / "student")
-    teacher_dir = next((Path(cfg.paths.cache_dir) / "teachers").iterdir())
+    teacher_dir = next((Path(cfg.paths.cache_dir) / "teachers").glob("[!.]*"))
     teacher = Teacher(AutoModelForCausalLM.from_pretrained(teacher_dir))
     module = RTD.load_from_checkpoint(run / "checkpoints" / "last.ckpt", student=student, teacher=teacher)
     assert module.w_align == cfg.method.w_align

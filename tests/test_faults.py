@@ -5,6 +5,7 @@ Each test names the failure it guards against; each failed on the code before th
 
 from __future__ import annotations
 
+import hashlib
 import json
 import signal
 import time
@@ -269,6 +270,7 @@ def test_a_non_finite_loss_stops_training_at_once():
         ("+teacher.depth=3", "teacher.depth"),
         ("student.base.seed=abc", "student.base.seed"),
         ("~segment.epochs", "segment"),
+        ("parallel_builds=sometimes", "parallel_builds"),
     ],
 )
 def test_bad_settings_fail_naming_the_field(make_cfg, override, field):
@@ -362,6 +364,30 @@ def test_killed_builds_leave_no_temporary_folders(tmp_path):
     stale.mkdir()
     build_once(tmp_path / "k", "meta.json", lambda tmp: {})
     assert not stale.exists() and (tmp_path / "k" / "meta.json").exists()
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_concurrent_builds_of_one_artifact_build_it_once(tmp_path):
+    """The jobs of a parallel sweep start together: one builds the shared artifact, the others wait."""
+    import threading
+
+    calls = []
+
+    def build(tmp):
+        calls.append(1)
+        time.sleep(0.3)
+        (tmp / "w.bin").write_bytes(b"x")
+        return {}
+
+    jobs = [threading.Thread(target=build_once, args=(tmp_path / "k", "meta.json", build)) for _ in range(3)]
+    for job in jobs:
+        job.start()
+    for job in jobs:
+        job.join()
+    assert len(calls) == 1 and verify_built(tmp_path / "k", "meta.json", "k")["files"] == {"w.bin": sha256_hex(b"x")}
 
 
 def test_a_truncated_checkpoint_is_named(tmp_path):

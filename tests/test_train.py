@@ -47,10 +47,39 @@ def test_rtd_run_writes_results_and_prints_depth_table(make_cfg, capsys):
     assert "train/loss_kd" in metrics_csv
 
 
+def test_teacher_and_student_base_train_side_by_side_as_one_after_the_other(make_cfg, caplog, tmp_path):
+    """A fresh cache (parallel_builds): the base trains in a second process while the teacher trains;
+    both come out byte for byte as when they are trained one after the other."""
+    from omegaconf import open_dict
+
+    from rtd_lab.tasks.train import prepare
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # the side process needs two threads to share
+    built = {}
+    try:
+        for parallel in (True, False):
+            cfg = make_cfg(f"parallel_builds={str(parallel).lower()}", "student.base.train.max_steps=6")
+            with open_dict(cfg):
+                cfg.paths.cache_dir = str(tmp_path / f"cache_{parallel}")
+            caplog.clear()
+            with caplog.at_level("INFO"):
+                prepare(cfg)
+            assert ("trained beside the teacher" in caplog.text) == parallel
+            built[parallel] = {
+                kind: json.loads(next((Path(cfg.paths.cache_dir) / kind).glob(f"[!.]*/{meta}")).read_text())["files"]
+                for kind, meta in (("teachers", provision.TEACHER_META), ("student_bases", provision.STUDENT_BASE_META))
+            }
+    finally:
+        torch.set_num_threads(threads)
+    assert built[True] == built[False] and "model.safetensors" in built[True]["student_bases"]
+    assert torch.get_num_threads() == threads
+
+
 def test_teacher_is_trained_once_then_reused_from_cache(make_cfg, monkeypatch):
     cfg = make_cfg("+experiment=standard_kd")
     train(cfg)
-    teachers = list((Path(cfg.paths.cache_dir) / "teachers").iterdir())
+    teachers = list((Path(cfg.paths.cache_dir) / "teachers").glob("[!.]*"))
     assert len(teachers) == 1 and (teachers[0] / "model.safetensors").exists()
 
     def no_training(*args, **kwargs):
@@ -161,7 +190,7 @@ def test_cli_multirun_over_experiments(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = sorted(tmp_path.glob("multirun/*/*/*/results.json"))
     assert [json.loads(p.read_text())["method"] for p in results] == ["rtd", "standard_kd"]
-    assert len(list((tmp_path / "cache" / "teachers").iterdir())) == 1
+    assert len(list((tmp_path / "cache" / "teachers").glob("[!.]*"))) == 1
     # One offline W&B run per job (syncable later with `wandb sync`), not one run shared by both.
     assert len(list(tmp_path.glob("multirun/*/*/*/wandb/offline-run-*"))) == 2
     assert proc.stdout.count("| depth | teacher |") == 2

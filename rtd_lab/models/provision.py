@@ -10,9 +10,11 @@ the config's ``teacher:`` / ``student:`` blocks into these settings.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-from dataclasses import asdict, dataclass
+import multiprocessing
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +33,7 @@ from rtd_lab.models.build import (
 )
 from rtd_lab.models.pretrain import TraceTraining, train_on_traces
 from rtd_lab.models.teacher import Teacher
-from rtd_lab.utils import artifact_key, build_or_load, config_hash
+from rtd_lab.utils import artifact_key, build_or_load, config_hash, retain_freed_memory
 
 log = logging.getLogger(__name__)
 TEACHER_META = "rtd_teacher.json"
@@ -268,6 +270,59 @@ def prepare_student_base(s: StudentSettings, ctx: BuildContext, tokenizer) -> Pa
     kind, version, meta = "student_bases", STUDENT_BASE_VERSION, STUDENT_BASE_META
     path, _ = build_or_load(ctx.cache_dir, kind, version, parts, meta, build, f"student base (seed {s.base.seed})")
     return path
+
+
+@contextlib.contextmanager
+def student_base_beside(t: TeacherSettings, s: StudentSettings, ctx: BuildContext, benchmark, retain_memory: bool):
+    """Around the teacher's build: train the student's base checkpoint at the same time, in a second
+    process, when both have to be trained (a fresh cache, e.g. the first ``make run``).
+
+    The two are independent (the base learns a sibling world, not from the teacher) and each seeds
+    itself, so they come out as they would one after the other; the models are too small for a
+    second CPU thread to speed up their steps, so each gets half of this process's threads and a
+    fresh cache is ready in about the time of the longer build. Nothing happens with fewer than two
+    threads (e.g. a job of a parallel sweep), a pretrained teacher or student, or either one cached;
+    on other ranks than zero (they wait for the builds' locks). ``retain_memory``: the second
+    process's allocator setting, as this process's (``rtd_lab.utils.retain_freed_memory``).
+    """
+    from lightning.pytorch.utilities import rank_zero_only
+
+    threads = torch.get_num_threads()
+    side = None
+    if threads >= 2 and t.pretrained is None and rank_zero_only.rank == 0 and uses_student_base(s, ctx):
+        teacher_missing = not (ctx.cache_dir / "teachers" / teacher_key(t, ctx) / TEACHER_META).exists()
+        base_missing = not (student_base_path(s, ctx, benchmark.build_tokenizer()) / STUDENT_BASE_META).exists()
+        if teacher_missing and base_missing:
+            args = (s, replace(ctx, progress=False), threads // 2, retain_memory)
+            side = multiprocessing.get_context("spawn").Process(target=_student_base_process, args=args)
+            side.start()
+            log.info("student base (seed %s): trained beside the teacher, in process %s", s.base.seed, side.pid)
+            torch.set_num_threads(threads - threads // 2)
+    try:
+        yield
+    except BaseException:
+        if side is not None:
+            side.terminate()
+            side.join()
+        raise
+    finally:
+        torch.set_num_threads(threads)
+    if side is not None:
+        side.join()
+        if side.exitcode != 0:
+            raise RuntimeError(
+                f"the student base's training (a second process) failed with exit code {side.exitcode}: its "
+                "error is above; parallel_builds=false trains it in this process after the teacher"
+            )
+
+
+def _student_base_process(s: StudentSettings, ctx: BuildContext, threads: int, retain_memory: bool) -> None:
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][student base][%(levelname)s] - %(message)s")
+    if retain_memory:
+        retain_freed_memory()
+    torch.set_num_threads(threads)
+    benchmark = hydra.utils.instantiate(ctx.benchmark)
+    prepare_student_base(s, ctx, benchmark.build_tokenizer())
 
 
 def student_base_info(s: StudentSettings, ctx: BuildContext, tokenizer) -> dict | None:

@@ -63,6 +63,12 @@ def check_config(cfg: DictConfig) -> None:
             check_settings(path, node, cls)
     check_known(cfg)
     check_data_requirements(config)
+    for key in SWITCHES:
+        if key in config and not isinstance(config[key], bool):
+            raise ValueError(f"{key} must be true or false, got {config[key]!r}")
+
+
+SWITCHES = ("parallel_builds", "retain_freed_memory")  # top-level on/off settings of conf/config.yaml
 
 
 def check_data_requirements(config: dict) -> None:

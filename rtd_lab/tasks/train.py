@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from rtd_lab.diagnostics import DiagnosticsSettings, flat_diagnostics, run_diagn
 from rtd_lab.evaluation import Evaluator
 from rtd_lab.learning_curve import LearningCurve
 from rtd_lab.methods.base import student_state
-from rtd_lab.models.provision import prepare_student, prepare_teacher, student_base_info
+from rtd_lab.models.provision import prepare_student, prepare_teacher, student_base_beside, student_base_info
 from rtd_lab.models.teacher import Teacher
 from rtd_lab.results import depth_table, environment, train_set_stats
 from rtd_lab.rundir import check_checkpoint, claim_run_dir
@@ -91,11 +92,15 @@ def prepare(cfg: DictConfig, out_dir: Path | None = None) -> Prepared:
     ctx = build_context(cfg)
     data: DataSettings = hydra.utils.instantiate(cfg.data)
     benchmark = data.benchmark
-    teacher, tokenizer, teacher_info = prepare_teacher(teacher_settings(cfg.teacher), ctx, benchmark)
+    t, s = teacher_settings(cfg.teacher), student_settings(cfg.student)
+    beside = (
+        student_base_beside(t, s, ctx, benchmark, cfg.retain_freed_memory) if cfg.parallel_builds else nullcontext()
+    )
+    with beside:
+        teacher, tokenizer, teacher_info = prepare_teacher(t, ctx, benchmark)
     timings["teacher_ready"] = round(time.time() - t0, 1)
 
     L.seed_everything(cfg.seed, workers=True)
-    s = student_settings(cfg.student)
     student = prepare_student(s, ctx, tokenizer, teacher, cfg.seed)
     student_base = student_base_info(s, ctx, tokenizer)
     timings["student_ready"] = round(time.time() - t0, 1)
