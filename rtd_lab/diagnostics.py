@@ -10,8 +10,8 @@
   least-squares map fitted on the gold validation traces.
 - **Step vs chain accuracy gap** by depth.
 - **Self-consistency** (Wang et al. 2023): k sampled student traces, majority vote on the answer.
-- **Post-training quantisation**: the student evaluated again after int8 dynamic quantisation of its
-  linear layers (CPU); 4-bit needs a GPU and bitsandbytes and is reported as skipped otherwise.
+- **Post-training quantisation**: the student evaluated again with its weights quantised to 8 and 4
+  bits (``rtd_lab.quantize``: HQQ, weight-only, groups of 128, on the CPU).
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ from rtd_lab.data.batch import Collator, encode_example, move_batch
 from rtd_lab.data.example import ReasoningExample
 from rtd_lab.losses import gather_boundaries
 from rtd_lab.models.build import merged_copy
+from rtd_lab.quantize import BITS as QUANT_BITS
+from rtd_lab.quantize import quantize_weights
 from rtd_lab.traces.teacher import completion_to_steps
 
 log = logging.getLogger(__name__)
@@ -232,20 +234,11 @@ def self_consistency(student, tokenizer, benchmark, examples, k: int, temperatur
 
 
 def quantized_metrics(student, evaluator, loader, bits: int) -> dict:
-    """Test metrics of the student after post-training quantisation of its linear layers."""
-    if bits == 8:
-        model = torch.ao.quantization.quantize_dynamic(merged_copy(student).cpu().float(), {nn.Linear}, torch.qint8)
-        metrics, _ = evaluator.evaluate(model, loader, "int8 eval")
-        return {"status": "ok", "scheme": "int8 dynamic (torch.ao, CPU)", "metrics": metrics}
-    if bits == 4:
-        if not torch.cuda.is_available():
-            return {"status": "skipped: 4-bit needs a CUDA GPU and bitsandbytes"}
-        try:
-            import bitsandbytes  # noqa: F401
-        except ImportError:
-            return {"status": "skipped: bitsandbytes is not installed"}
-        return {"status": "skipped: 4-bit evaluation is not implemented yet"}
-    raise ValueError(f"diagnostics.quantize: bits must be 8 or 4, got {bits}")
+    """Test metrics of the student after post-training quantisation of its weights (``rtd_lab.quantize``)."""
+    model = merged_copy(student).cpu().float()
+    info = quantize_weights(model, bits)
+    metrics, _ = evaluator.evaluate(model, loader, f"int{bits} eval")
+    return {"status": "ok", **info, "metrics": metrics}
 
 
 @dataclass(frozen=True)
@@ -257,7 +250,12 @@ class DiagnosticsSettings:
     transition_auroc: bool  # cos(W delta_S, delta_T) as a step-correctness score, AUROC
     self_consistency_k: int  # sampled traces per question, majority vote (0: off)
     self_consistency_temperature: float
-    quantize: list[int]  # post-training quantisation bit widths (8: int8 on CPU; 4: needs a GPU)
+    quantize: list[int]  # post-training weight quantisation bit widths (8 and/or 4; CPU)
+
+    def __post_init__(self) -> None:
+        bad = [b for b in self.quantize if b not in QUANT_BITS]
+        if bad:
+            raise ValueError(f"diagnostics.quantize: bit widths must be among {list(QUANT_BITS)}, got {bad}")
 
 
 def run_diagnostics(

@@ -301,22 +301,29 @@ def _diagnostics(arms: dict[str, list[dict]], baseline: str | None) -> dict:
         sc = [d["self_consistency"]["answer_acc"] for d in ds if "self_consistency" in d]
         row["self_consistency_answer_acc"] = mean(sc) if sc else None
         row["greedy_answer_acc"] = mean(r["student"]["metrics"]["answer_acc"] for r in rs)
-        q8 = [
-            d["quantized"]["8bit"]["metrics"]["chain_acc"]
-            for d in ds
-            if "metrics" in d.get("quantized", {}).get("8bit", {})
-        ]
-        row["int8_chain_acc"] = mean(q8) if q8 else None
         row["fp32_chain_acc"] = mean(r["student"]["metrics"]["chain_acc"] for r in rs)
+        depth_keys = [k for k in rs[0]["student"]["metrics"] if k.startswith("chain_acc/depth_")]
+        row["fp32_chain_acc_by_depth"] = {k: mean(r["student"]["metrics"][k] for r in rs) for k in depth_keys}
+        for bits in QUANT_BITS:
+            qs = [
+                d["quantized"][f"{bits}bit"]["metrics"]
+                for d in ds
+                if "metrics" in d.get("quantized", {}).get(f"{bits}bit", {})
+            ]
+            row[f"int{bits}_chain_acc"] = mean(q["chain_acc"] for q in qs) if qs else None
+            row[f"int{bits}_chain_acc_by_depth"] = {k: mean(q[k] for q in qs) for k in depth_keys} if qs else None
         out[name] = row
     base = out.get(baseline) if baseline else None
-    for name, row in out.items():  # how much of a method's gain over the baseline survives int8
-        row["int8_gain_kept"] = None
-        if base and name != baseline and row["int8_chain_acc"] is not None and base["int8_chain_acc"] is not None:
-            gain = row["fp32_chain_acc"] - base["fp32_chain_acc"]
-            if abs(gain) > 1e-9:
-                row["int8_gain_kept"] = (row["int8_chain_acc"] - base["int8_chain_acc"]) / gain
+    for name, row in out.items():  # how much of a method's gain over the baseline survives quantisation
+        gain = row["fp32_chain_acc"] - base["fp32_chain_acc"] if base else 0.0
+        for bits in QUANT_BITS:
+            q, q_base = row[f"int{bits}_chain_acc"], base and base[f"int{bits}_chain_acc"]
+            kept = name != baseline and q is not None and q_base is not None and abs(gain) > 1e-9
+            row[f"int{bits}_gain_kept"] = (q - q_base) / gain if kept else None
     return out
+
+
+QUANT_BITS = (8, 4)  # the weight widths rtd_lab.quantize offers
 
 
 def _fmt(x, digits: int = 3) -> str:
@@ -427,13 +434,14 @@ def report_markdown(rep: dict, sweep_dir: str) -> str:
             "",
             "Diagnostics (mean over seeds): linear CKA of student vs teacher boundary states by step index, "
             "on the deepest test chains (one chain length: pooling lengths inflates CKA); transition-cosine "
-            "AUROC; step − chain accuracy; self-consistency vs greedy answer accuracy; int8 chain accuracy and "
-            "the share of the gain over the baseline that survives int8:",
+            "AUROC; step − chain accuracy; self-consistency vs greedy answer accuracy; int8 and 4-bit chain "
+            "accuracy (weights quantised after training) and the share of the gain over the baseline that survives:",
             "",
             "| arm | "
             + " | ".join(f"CKA step {s}" for s in steps)
-            + " | AUROC | step−chain | SC answer acc | greedy answer acc | int8 chain acc | int8 gain kept |",
-            "|---|" + "---|" * (len(steps) + 6),
+            + " | AUROC | step−chain | SC answer acc | greedy answer acc | int8 chain acc | int8 gain kept "
+            "| 4-bit chain acc | 4-bit gain kept |",
+            "|---|" + "---|" * (len(steps) + 8),
         ]
         for n, row in rep["diagnostics"].items():
             lines.append(
@@ -441,9 +449,37 @@ def report_markdown(rep: dict, sweep_dir: str) -> str:
                 + " | ".join(_fmt(row["cka"].get(s)) for s in steps)
                 + f" | {_fmt(row['transition_auroc'])} | {_fmt(row['step_chain_gap'])} | "
                 f"{_fmt(row['self_consistency_answer_acc'])} | {_fmt(row['greedy_answer_acc'])} | "
-                f"{_fmt(row['int8_chain_acc'])} | {_fmt(row['int8_gain_kept'], 2)} |"
+                f"{_fmt(row['int8_chain_acc'])} | {_fmt(row['int8_gain_kept'], 2)} | "
+                f"{_fmt(row.get('int4_chain_acc'))} | {_fmt(row.get('int4_gain_kept'), 2)} |"
             )
+        lines += quantization_table(rep["diagnostics"])
     return "\n".join(lines) + "\n"
+
+
+def quantization_table(diagnostics: dict) -> list[str]:
+    """Chain accuracy by depth at float32 / int8 / 4-bit weights, mean over seeds, per arm."""
+    rows = [
+        (n, row)
+        for n, row in diagnostics.items()
+        if row.get("int8_chain_acc_by_depth") or row.get("int4_chain_acc_by_depth")
+    ]
+    if not rows:
+        return []
+    keys = list(rows[0][1]["fp32_chain_acc_by_depth"])
+    lines = [
+        "",
+        "Chain accuracy by depth with the weights quantised after training (rtd_lab.quantize; mean over seeds):",
+        "",
+        "| arm | weights | " + " | ".join(f"depth {k.rsplit('_', 1)[1]}" for k in keys) + " | all |",
+        "|---|---|" + "---|" * (len(keys) + 1),
+    ]
+    for n, row in rows:
+        for label, prefix in (("float32", "fp32"), ("int8", "int8"), ("4-bit", "int4")):
+            by_depth = row.get(f"{prefix}_chain_acc_by_depth")
+            if by_depth:
+                cells = " | ".join(_fmt(by_depth.get(k)) for k in keys)
+                lines.append(f"| {n} | {label} | {cells} | {_fmt(row[f'{prefix}_chain_acc'])} |")
+    return lines
 
 
 def figures(rep: dict) -> dict:

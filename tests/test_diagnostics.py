@@ -81,9 +81,9 @@ def test_a_run_reports_every_diagnostic(make_cfg):
     assert diag["n_steps"] >= 0 and diag["unreadable_traces"] >= 0
     sc = diag["self_consistency"]
     assert sc["k"] == 3 and 0.0 <= sc["answer_acc"] <= 1.0
-    assert diag["quantized"]["8bit"]["status"] == "ok"
-    assert 0.0 <= diag["quantized"]["8bit"]["metrics"]["chain_acc"] <= 1.0
-    assert diag["quantized"]["4bit"]["status"].startswith("skipped") or torch.cuda.is_available()
+    for bits in ("8bit", "4bit"):  # on the CPU, both
+        assert diag["quantized"][bits]["status"] == "ok" and diag["quantized"][bits]["quantized_layers"]
+        assert 0.0 <= diag["quantized"][bits]["metrics"]["chain_acc/depth_3"] <= 1.0
     assert set(diag["step_chain_gap"]) >= {"all"}
 
 

@@ -266,6 +266,7 @@ def test_a_non_finite_loss_stops_training_at_once():
         ("curriculum.threshold_ratio=0", "curriculum.threshold_ratio"),
         ("teacher_cache.mode=sometimes", "teacher_cache.mode"),
         ("diagnostics.cka=maybe", "diagnostics.cka"),
+        ("diagnostics.quantize=[3]", "diagnostics.quantize"),
         ("segment.hidden=abc", "segment.hidden"),
         ("+teacher.depth=3", "teacher.depth"),
         ("student.base.seed=abc", "student.base.seed"),

@@ -53,11 +53,26 @@ def test_sweep_report_names_missing_jobs_and_draws_plots(tiny_sweep):
     assert len(per_seed) == 1 and 0 <= per_seed[0] <= 1
     assert any("pilot" in w for w in rep["warnings"])
     assert rep["diagnostics"]["standard_kd"]["cka"]
+    assert rep["diagnostics"]["standard_kd"]["int4_chain_acc_by_depth"]  # the weights quantised after training
     md = (sweep / "report.md").read_text()
     assert "Missing, failed or unreadable jobs (2)" in md and "| all |" in md and "a pilot" in md
+    assert "| standard_kd | 4-bit |" in md and "| cot_ft | int8 |" in md
     for png in ("chain_acc_by_depth.png", "cka_by_step.png", "chain_acc_bars.png"):
         assert (sweep / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert list((sweep / "wandb").glob("offline-run-*"))  # the report as a W&B run, offline
+
+
+def test_quantised_metrics_recomputed_from_a_checkpoint_equal_the_runs_own(tiny_sweep, monkeypatch):
+    from rtd_lab.tasks.report import recompute
+
+    root, _, jobs = tiny_sweep
+    monkeypatch.chdir(root)  # the runs' relative cache folder
+    path = jobs[0] / "results.json"
+    results = json.loads(path.read_text())
+    measured = results["diagnostics"].pop("quantized")
+    path.write_text(json.dumps(results))
+    recompute(jobs[0], cka=False, quantize=[8, 4])
+    assert json.loads(path.read_text())["diagnostics"]["quantized"] == measured
 
 
 def test_the_analysis_notebook_runs_on_a_sweep(tiny_sweep, monkeypatch):

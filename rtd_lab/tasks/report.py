@@ -4,6 +4,7 @@
     python -m rtd_lab task=report 'report.sweep_dir=[multirun/a,multirun/b]'         # seeds from two sweeps
     python -m rtd_lab task=report report.sweep_dir=runs report.summary_only=true     # plain depth tables
     python -m rtd_lab task=report report.sweep_dir=... report.recompute_cka=true     # CKA from checkpoints first
+    python -m rtd_lab task=report report.sweep_dir=... report.recompute_quantized=true   # int8 / 4-bit, likewise
 
 What the report holds: ``rtd_lab.report``.
 """
@@ -19,7 +20,8 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from rtd_lab.data.datamodule import ReasoningDataModule
-from rtd_lab.diagnostics import boundary_cka
+from rtd_lab.diagnostics import boundary_cka, quantized_metrics
+from rtd_lab.evaluation import Evaluator
 from rtd_lab.methods.base import student_state
 from rtd_lab.models.provision import prepare_student, prepare_teacher
 from rtd_lab.report import (
@@ -39,9 +41,10 @@ from rtd_lab.utils import atomic_write_json, atomic_write_text
 log = logging.getLogger(__name__)
 
 
-def recompute_cka(job: Path) -> dict:
-    """Recompute the CKA diagnostics of a finished run from its checkpoint (and the cached teacher),
-    and update its results.json: for runs made before a change to the CKA definition."""
+def recompute(job: Path, cka: bool, quantize: list[int]) -> dict:
+    """Recompute diagnostics of a finished run from its checkpoint (and the cached teacher) and update
+    its results.json: for runs made before a diagnostic existed or changed. ``cka``: the boundary-state
+    CKA; ``quantize``: the student evaluated with its weights quantised to these bit widths."""
     results = json.loads((job / "results.json").read_text())
     cfg = OmegaConf.create(results["config"])
     benchmark = hydra.utils.instantiate(cfg.data.benchmark)  # a run's config of any version has it
@@ -53,11 +56,16 @@ def recompute_cka(job: Path) -> dict:
     student.eval()
     bs = cfg.data.eval_batch_size
     test = ReasoningDataModule.gold(benchmark, tokenizer, bs, bs).test_dataloader()
-    layer = cfg.method.get("student_layer", -1)
-    cka = boundary_cka(student, teacher.model, test, layer, teacher.layer, torch.device("cpu"))
-    results["diagnostics"] = {**(results.get("diagnostics") or {}), **cka}
+    new: dict = {}
+    if cka:
+        layer = cfg.method.get("student_layer", -1)
+        new |= boundary_cka(student, teacher.model, test, layer, teacher.layer, torch.device("cpu"))
+    if quantize:
+        evaluator = Evaluator(tokenizer, benchmark)
+        new["quantized"] = {f"{bits}bit": quantized_metrics(student, evaluator, test, bits) for bits in quantize}
+    results["diagnostics"] = {**(results.get("diagnostics") or {}), **new}
     atomic_write_json(job / "results.json", results)
-    return cka
+    return new
 
 
 def run_report(cfg: DictConfig) -> dict:
@@ -72,12 +80,16 @@ def run_report(cfg: DictConfig) -> dict:
     for sweep in sweeps:
         if not sweep.is_dir():
             raise FileNotFoundError(f"report.sweep_dir: {sweep} is not a directory")
-    if r.recompute_cka:
+    quantize = list(cfg.diagnostics.quantize) if r.get("recompute_quantized") else []
+    if r.recompute_cka or quantize:
         for sweep in sweeps:
             for results in sorted(sweep.rglob("results.json")):
                 if (results.parent / "checkpoints" / "last.ckpt").exists():
-                    cka = recompute_cka(results.parent)
-                    log.info("%s: CKA %s", results.parent, {k: round(v, 3) for k, v in cka["cka"].items()})
+                    new = recompute(results.parent, r.recompute_cka, quantize)
+                    if "cka" in new:
+                        log.info("%s: CKA %s", results.parent, {k: round(v, 3) for k, v in new["cka"].items()})
+                    for scheme, q in new.get("quantized", {}).items():
+                        log.info("%s: %s chain accuracy %.3f", results.parent, scheme, q["metrics"]["chain_acc"])
     if r.summary_only:  # the plain mean-over-seeds tables of any folders of runs: no statistics, plots or W&B
         runs = load_results(sweeps)
         text = f"{summarize(runs, r.metric)}\n\n{per_seed_table(runs, r.metric)}"

@@ -402,6 +402,9 @@ def train(cfg: DictConfig) -> dict:
 
     run_name = results["run"]
     columns = {"teacher": teacher_metrics, f"student ({run_name})": student_metrics}
+    for scheme, q in (diagnostics or {}).get("quantized", {}).items():  # the student after weight quantisation
+        if "metrics" in q:
+            columns[f"{scheme.replace('bit', '-bit')} student"] = q["metrics"]
     print(f"\nChain accuracy by depth, test split ({out_dir / 'results.json'}):")
     print(depth_table(benchmark.depths, columns))
     print(
