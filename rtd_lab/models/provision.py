@@ -278,12 +278,13 @@ def student_base_beside(t: TeacherSettings, s: StudentSettings, ctx: BuildContex
     process, when both have to be trained (a fresh cache, e.g. the first ``make run``).
 
     The two are independent (the base learns a sibling world, not from the teacher) and each seeds
-    itself, so they come out as they would one after the other; the models are too small for a
-    second CPU thread to speed up their steps, so each gets half of this process's threads and a
-    fresh cache is ready in about the time of the longer build. Nothing happens with fewer than two
-    threads (e.g. a job of a parallel sweep), a pretrained teacher or student, or either one cached;
-    on other ranks than zero (they wait for the builds' locks). ``retain_memory``: the second
-    process's allocator setting, as this process's (``rtd_lab.utils.retain_freed_memory``).
+    itself, so they come out as they would one after the other (tested byte for byte). A second CPU
+    thread makes a step of these small models only about a third faster (docs/scale.md), so two
+    builds with half the threads each finish sooner than one after the other with all of them.
+    Nothing happens with fewer than two threads (e.g. a job of a parallel sweep), a pretrained
+    teacher or student, either one already cached, or on ranks other than zero (they wait for the
+    builds' locks). ``retain_memory``: the second process's allocator setting, as this process's
+    (``rtd_lab.utils.retain_freed_memory``).
     """
     from lightning.pytorch.utilities import rank_zero_only
 
