@@ -45,6 +45,7 @@ from rtd_lab.utils import flatten
 
 log = logging.getLogger(__name__)
 PILOT_SEEDS = 5  # fewer seeds per arm than this is a pilot
+QUANT_BITS = (8, 4)  # the weight widths rtd_lab.quantize offers
 # Config entries that name, place or display a run, or that cannot change what it learns: runs that
 # differ only in these (and the seed) are seeds of one arm.
 NOT_ARM_KEYS = {
@@ -205,12 +206,21 @@ def _metrics(run: dict, depths: list[int]) -> dict[str, float]:
     curve = run["student"].get("learning_curve")
     if curve and curve.get("aulc") is not None:
         m["val_aulc"] = curve["aulc"]
+    for bits in QUANT_BITS:  # the student with its weights quantised after training (diagnostics)
+        q = ((run.get("diagnostics") or {}).get("quantized") or {}).get(f"{bits}bit", {}).get("metrics")
+        if q:
+            m[f"int{bits}_chain_acc"] = q["chain_acc"]
+            deep = _with_deep(q, depths).get("chain_acc/depth_4+")
+            if deep is not None:
+                m[f"int{bits}_chain_acc/depth_4+"] = deep
     return m
 
 
 def compared_metrics(depths: list[int]) -> list[str]:
     keys = ["chain_acc"] + [f"chain_acc/depth_{d}" for d in depths]
-    return keys + (["chain_acc/depth_4+"] if max(depths) >= 4 and min(depths) < 4 else []) + ["val_aulc"]
+    deep = max(depths) >= 4 and min(depths) < 4
+    quantized = [f"int{b}_chain_acc{suffix}" for b in QUANT_BITS for suffix in ("", "/depth_4+")[: 1 + deep]]
+    return keys + (["chain_acc/depth_4+"] if deep else []) + ["val_aulc"] + quantized
 
 
 # ---- the report ---------------------------------------------------------------------------------
@@ -323,9 +333,6 @@ def _diagnostics(arms: dict[str, list[dict]], baseline: str | None) -> dict:
     return out
 
 
-QUANT_BITS = (8, 4)  # the weight widths rtd_lab.quantize offers
-
-
 def _fmt(x, digits: int = 3) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
@@ -338,6 +345,8 @@ METRIC_LABELS = {
     "chain_acc": "chain acc, all depths",
     "chain_acc/depth_4+": "chain acc, depth >= 4",
     "val_aulc": "val AULC",
+    "int4_chain_acc": "4-bit chain acc, all depths",
+    "int4_chain_acc/depth_4+": "4-bit chain acc, depth >= 4",
 }
 
 
@@ -401,7 +410,7 @@ def report_markdown(rep: dict, sweep_dir: str) -> str:
             "| arm | metric | design | Δ [95 % CI] | p (t) | p (exact permutation) [min] | MDE | p (Welch) |",
             "|---|---|---|---|---|---|---|---|",
         ]
-        shown = ["chain_acc", "chain_acc/depth_4+", "val_aulc"]
+        shown = ["chain_acc", "chain_acc/depth_4+", "val_aulc", "int4_chain_acc", "int4_chain_acc/depth_4+"]
         for n, cs in rep["vs_baseline"].items():
             for k in shown:
                 c = cs.get(k)
