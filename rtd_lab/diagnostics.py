@@ -33,6 +33,7 @@ from rtd_lab.data.batch import Collator, encode_example, move_batch
 from rtd_lab.data.example import ReasoningExample
 from rtd_lab.losses import gather_boundaries
 from rtd_lab.models.build import merged_copy
+from rtd_lab.models.teacher import layer_states
 from rtd_lab.quantize import BITS as QUANT_BITS
 from rtd_lab.quantize import quantize_weights
 from rtd_lab.traces.teacher import completion_to_steps
@@ -104,9 +105,9 @@ class BoundaryCKA(Metric):
         return out
 
 
-def _layer_states(model, batch: dict, positions: torch.Tensor, layer: int) -> torch.Tensor:
+def _layer_states(model, batch: dict, positions: torch.Tensor, layer: int | str) -> torch.Tensor:
     out = model(input_ids=batch["input_ids"], output_hidden_states=True, use_cache=False)
-    return gather_boundaries(out.hidden_states[layer], positions)
+    return gather_boundaries(layer_states(out.hidden_states, layer), positions)
 
 
 @torch.no_grad()

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from rtd_lab.models.teacher import SparseLogits, TeacherOutput
+from rtd_lab.models.teacher import SparseLogits, TeacherOutput, layer_states
 from rtd_lab.utils import artifact_key, atomic_write_json, sha256_file
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ class CacheSpec:
 
     top_k: int
     temperature: float
-    layer: int  # boundary states of this teacher layer
+    layer: int | str  # boundary states of this teacher layer (an index, or "mean": models.teacher.layer_states)
     hint_layers: tuple[int, ...] = ()
     dtype: str = "float16"
 
@@ -116,7 +116,6 @@ def _teacher_rows(teacher, items: list, spec: CacheSpec, batch_size: int, pad_id
         "boundary": [],
         **{f"hint_{i}": [] for i in spec.hint_layers},
     }
-    layers = sorted({spec.layer, *spec.hint_layers})
     for start in tqdm(range(0, len(items), batch_size), desc="teacher cache", leave=False):
         chunk = items[start : start + batch_size]
         T = max(len(x.input_ids) for x in chunk)
@@ -129,7 +128,7 @@ def _teacher_rows(teacher, items: list, spec: CacheSpec, batch_size: int, pad_id
         k = min(spec.top_k, logits.size(-1))
         values, indices = logits.topk(k, dim=-1)  # (B, T, k), sorted
         lse = torch.logsumexp(logits / spec.temperature, dim=-1)  # (B, T)
-        hidden = {i: res.hidden_states[i] for i in layers}
+        boundary_states = layer_states(res.hidden_states, spec.layer)
         for b, x in enumerate(chunk):
             n, p = len(x.input_ids), x.prompt_len
             sl = slice(p - 1, n - 1)  # positions that predict a supervised token (labels shift by one)
@@ -137,9 +136,9 @@ def _teacher_rows(teacher, items: list, spec: CacheSpec, batch_size: int, pad_id
             out["indices"].append(indices[b, sl].cpu().numpy())
             out["lse"].append(lse[b, sl].cpu().numpy())
             pos = torch.tensor(x.boundary_pos, dtype=torch.long, device=ids.device)
-            out["boundary"].append(hidden[spec.layer][b, pos].float().cpu().numpy())
+            out["boundary"].append(boundary_states[b, pos].float().cpu().numpy())
             for i in spec.hint_layers:
-                out[f"hint_{i}"].append(hidden[i][b, :n].float().cpu().numpy())
+                out[f"hint_{i}"].append(res.hidden_states[i][b, :n].float().cpu().numpy())
     return out
 
 

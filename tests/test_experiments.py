@@ -30,6 +30,7 @@ def test_the_paper_sweeps_exist():
     assert SWEEPS["ablations"]["+experiment@_global_"] == (
         "rtd,ablation_no_coherence,ablation_no_alignment,ablation_no_curriculum"
     )
+    assert SWEEPS["rtd_layers"]["teacher.layer"] == "-1,1,mean"
     for params in SWEEPS.values():  # seeds are the unit of replication: fewer than 5 is a pilot
         assert params["seed"] == "0,1,2,3,4"
 
@@ -91,7 +92,9 @@ SWEEP_EXTRA = {
 # rft_table's sweep (a second teacher, SAMPLE -> FILTER for two arms) is the slowest test; its arms
 # are trained one by one in test_every_experiment_file_trains_and_evaluates, so the sweep runs in
 # make test-slow, keeping make test within its budget.
-SWEEP_PARAMS = [pytest.param(s, marks=pytest.mark.slow) if s == "rft_table" else s for s in sorted(SWEEPS)]
+# rtd_layers' sweep is rtd three times (its "mean" layer is trained in tests/test_methods.py): slow too.
+SLOW_SWEEPS = {"rft_table", "rtd_layers"}
+SWEEP_PARAMS = [pytest.param(s, marks=pytest.mark.slow) if s in SLOW_SWEEPS else s for s in sorted(SWEEPS)]
 
 
 @pytest.mark.parametrize("sweep", SWEEP_PARAMS)
@@ -110,7 +113,9 @@ def test_sweep_runs_every_arm_in_one_group_with_one_teacher(tmp_path, sweep):
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("multirun/*/*/*/results.json"))]
     arms = SWEEPS[sweep]["+experiment@_global_"].split(",")
-    assert [r["run"] for r in runs] == arms
+    layers = str(SWEEPS[sweep].get("teacher.layer", "-1")).split(",")  # rtd_layers sweeps the teacher layer
+    assert [r["run"] for r in runs] == [a for a in arms for _ in layers]
+    assert [str(r["config"]["teacher"]["layer"]) for r in runs] == layers * len(arms)
     assert {r["config"]["group"] for r in runs} == {sweep}
     teachers = len(list((tmp_path / "cache" / "teachers").glob("[!.]*")))
     if sweep == "rft_table":  # every arm trains on the same number of examples; rft_mixed adds a checkpoint

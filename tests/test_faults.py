@@ -272,6 +272,9 @@ def test_a_non_finite_loss_stops_training_at_once():
         ("student.base.seed=abc", "student.base.seed"),
         ("~segment.epochs", "segment"),
         ("parallel_builds=sometimes", "parallel_builds"),
+        ("teacher.layer=middle", "teacher.layer"),
+        ("teacher.layer=5", "teacher.layer"),
+        ("method.student_layer=top", "method.student_layer"),
     ],
 )
 def test_bad_settings_fail_naming_the_field(make_cfg, override, field):

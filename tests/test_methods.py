@@ -1,5 +1,8 @@
 """The methods as LightningModules: losses wired to the batch, logged, and trained."""
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -55,10 +58,23 @@ def test_teacher_boundary_states_are_the_chosen_layer(setup):
     tok, batch = setup
     model = tiny_lm(tok, 24)
     hidden = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True)
-    for layer in (-1, 1):
+    for layer in (-1, 1, "mean"):
         out = Teacher(model, layer=layer)(batch["input_ids"], batch["boundary_pos"])
-        want = gather_boundaries(hidden.hidden_states[layer], batch["boundary_pos"])
-        torch.testing.assert_close(out.boundary_hidden, want)
+        states = hidden.hidden_states
+        at_layer = (states[1] + states[2]) / 2 if layer == "mean" else states[layer]  # mean: every block's output
+        torch.testing.assert_close(out.boundary_hidden, gather_boundaries(at_layer, batch["boundary_pos"]))
+    with pytest.raises(ValueError, match="teacher.layer"):
+        Teacher(model, layer="middle")
+
+
+def test_rtd_trains_on_the_mean_teacher_layer_from_the_offline_cache(make_cfg):
+    """teacher.layer=mean end to end: the cache stores the mean states, the run aligns to them."""
+    from rtd_lab.tasks.train import train
+
+    results = train(make_cfg("teacher.layer=mean", "teacher_cache.mode=build", "diagnostics.quantize=[]"))
+    manifest = json.loads((Path(results["teacher_cache"]["path"]) / "manifest.json").read_text())
+    assert manifest["spec"]["layer"] == "mean"
+    assert 0.0 <= results["student"]["metrics"]["chain_acc"] <= 1.0
 
 
 def test_rtd_loss_is_kd_plus_weighted_terms(setup):
@@ -102,6 +118,7 @@ def test_rtd_with_zero_weights_equals_standard_kd(setup):
         (dict(temperature=0.0), "method.temperature"),
         (dict(alpha=1.5), "method.alpha"),
         (dict(student_layer=9), "method.student_layer"),
+        (dict(student_layer="last"), "method.student_layer"),
         (dict(divergence="l2"), "method.divergence"),
         (dict(divergence="jsd", beta=1.5), "method.beta"),
     ],

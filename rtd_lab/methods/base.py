@@ -77,7 +77,7 @@ class ReasoningModule(L.LightningModule):
     # Entries of compute_losses' dict that are measurements, not losses: logged as {stage}/{name}.
     diagnostics: tuple[str, ...] = ()
     # The student's hidden layer a method matches to the teacher's (diagnostics compare the same one).
-    student_layer: int = -1
+    student_layer: int | str = -1
     # Settings of the config's data: block this method cannot train without (checked before any work).
     data_requirements: dict[str, Any] = {}
 

@@ -19,6 +19,7 @@ from torch import nn
 from rtd_lab.losses import align_loss, coherence_loss, gather_boundaries, transitions
 from rtd_lab.methods.base import ItemCounts, check_weights
 from rtd_lab.methods.standard_kd import StandardKD
+from rtd_lab.models.teacher import check_layer, layer_states
 
 
 class RTD(StandardKD):
@@ -28,15 +29,13 @@ class RTD(StandardKD):
         *args,
         w_align: float = 0.3,
         w_coherence: float = 0.5,
-        student_layer: int = -1,
+        student_layer: int | str = -1,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
         self.check_settings({"w_align": w_align, "w_coherence": w_coherence})
         self.w_align, self.w_coherence = float(w_align), float(w_coherence)
-        n_layers = self.student.config.num_hidden_layers
-        if not -(n_layers + 1) <= student_layer <= n_layers:
-            raise ValueError(f"method.student_layer must be in [{-(n_layers + 1)}, {n_layers}], got {student_layer}")
+        check_layer(student_layer, self.student.config.num_hidden_layers, "method.student_layer")
         self.student_layer = student_layer
         d_s, d_t = self.student.config.hidden_size, self.teacher.hidden_size
         self.f = nn.Linear(d_s, d_t, bias=False)  # student → teacher space, for boundary states
@@ -46,6 +45,8 @@ class RTD(StandardKD):
     def check_settings(cls, settings: dict) -> None:
         super().check_settings(settings)
         check_weights(settings, "w_align", "w_coherence")
+        if "student_layer" in settings:  # the index range is checked once the student is built
+            check_layer(settings["student_layer"], None, "method.student_layer")
 
     def transition_projection(self) -> nn.Module:
         return self.g
@@ -56,7 +57,7 @@ class RTD(StandardKD):
         t = self.teacher_forward(batch, boundaries=True)
         kd = self.kd(s.logits, t.logits, batch["labels"], n.tokens)
 
-        h_s = gather_boundaries(s.hidden_states[self.student_layer], pos)  # (B, K, D_S)
+        h_s = gather_boundaries(layer_states(s.hidden_states, self.student_layer), pos)  # (B, K, D_S)
         h_t = t.boundary_hidden  # (B, K, D_T)
         l_align = align_loss(self.f(h_s), h_t, mask, n.chains)
         delta_s, t_mask = transitions(h_s, mask)  # (B, K-1, D_S)

@@ -32,7 +32,7 @@ from rtd_lab.models.build import (
     load_tokenizer,
 )
 from rtd_lab.models.pretrain import TraceTraining, train_on_traces
-from rtd_lab.models.teacher import Teacher
+from rtd_lab.models.teacher import Teacher, check_layer
 from rtd_lab.utils import artifact_key, build_or_load, config_hash, retain_freed_memory
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ class TeacherSettings:
     trust_remote_code: bool = False  # only when the user trusts the model's code
     arch: str | None = None  # from scratch: a transformers architecture name (e.g. "llama")
     model: dict | None = None  # from scratch: fields of the architecture's config
-    layer: int = -1  # the hidden layer whose boundary states students align to (-1: last)
+    layer: int | str = -1  # the hidden layer whose boundary states students align to (-1: last; "mean": all)
     train: dict | None = None  # from scratch: ``TraceTraining`` fields
     revision: str | None = None  # pretrained from the hub: a commit, branch or tag
     dtype: str | None = None  # float32 | bfloat16 | float16; None: as stored (the teacher is frozen)
@@ -60,6 +60,9 @@ class TeacherSettings:
 
     def __post_init__(self) -> None:
         check_load_options(self.dtype, self.attn_implementation, "teacher")
+        # The index range needs the layer count: known here for a teacher trained from scratch.
+        n_layers = (self.model or {}).get("num_hidden_layers") if self.pretrained is None else None
+        check_layer(self.layer, n_layers, "teacher.layer")
 
 
 @dataclass(frozen=True)

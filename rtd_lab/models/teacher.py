@@ -26,12 +26,9 @@ class TeacherOutput(NamedTuple):
 
 
 class Teacher(nn.Module):
-    def __init__(self, model: nn.Module, layer: int = -1):
+    def __init__(self, model: nn.Module, layer: int | str = -1):
         super().__init__()
-        n_layers = model.config.num_hidden_layers
-        # hidden_states has n_layers + 1 entries (embeddings first); -1 is the last layer's output.
-        if not -(n_layers + 1) <= layer <= n_layers:
-            raise ValueError(f"teacher.layer must be in [{-(n_layers + 1)}, {n_layers}], got {layer}")
+        check_layer(layer, model.config.num_hidden_layers, "teacher.layer")
         self.model = model
         self.layer = layer
         self.model.requires_grad_(False)
@@ -67,6 +64,27 @@ class Teacher(nn.Module):
         )
         hidden = None
         if boundary_pos is not None:
-            hidden = gather_boundaries(out.hidden_states[self.layer], boundary_pos)
+            hidden = gather_boundaries(layer_states(out.hidden_states, self.layer), boundary_pos)
         layers = tuple(out.hidden_states[i] for i in hidden_layers) if hidden_layers else None
         return TeacherOutput(out.logits, hidden, layers)
+
+
+def check_layer(layer: int | str, n_layers: int | None, field: str) -> None:
+    """A layer whose states a method reads: an index into ``hidden_states`` (n_layers + 1 entries,
+    the embeddings first; -1: the last layer's output, after the final norm) or ``"mean"``.
+    ``n_layers`` None: the model is not built yet, only the kind of value is checked."""
+    if layer == "mean":
+        return
+    if isinstance(layer, bool) or not isinstance(layer, int):
+        raise ValueError(f"{field} must be a layer index or 'mean', got {layer!r}")
+    if n_layers is not None and not -(n_layers + 1) <= layer <= n_layers:
+        raise ValueError(f"{field} must be an index in [{-(n_layers + 1)}, {n_layers}] or 'mean', got {layer!r}")
+
+
+def layer_states(hidden_states: tuple[torch.Tensor, ...], layer: int | str) -> torch.Tensor:
+    """(B, T, D) states of ``layer`` (``check_layer``); ``"mean"``: the average of every block's
+    output (the embeddings left out), so a method reads what all layers hold, not only the last,
+    which next to the output mostly encodes the next token."""
+    if layer == "mean":
+        return torch.stack(hidden_states[1:]).mean(dim=0)
+    return hidden_states[layer]
