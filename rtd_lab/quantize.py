@@ -10,24 +10,21 @@ model runs on a CPU with float32 activations. Storage per parameter of a quantis
 bitsandbytes' NF4 without double quantisation), 8.5 at 8 bits. A layer whose size the group does
 not divide gets the largest group that does (``group_for``; more bits per parameter, reported).
 
-Why HQQ (measured on the default student, 1 layer of width 48, torch 2.13 CPU): torchao quantises
-weights to int4 on x86 CPUs only unpacked into int8 (8 bits a value; its packed int4 layouts need a
-GPU or ARM kernels, and the CPU int4 matmul of PyTorch needs input widths divisible by 32);
-optimum-quanto packs int4 but groups within a row, so at width 48 each 48 values carry a float32
-scale and shift (5.3 bits); HQQ groups over the flattened weight, so any layer whose size divides by
-the group qualifies, and it is maintained and integrated in transformers. The output layer
+Why HQQ (tried on the default student, 1 layer of width 48, torch 2.13 CPU): torchao 0.18 quantises
+weights to int4 on this CPU only unpacked into int8 (``IntxWeightOnlyConfig``: 8 bits a value), and
+refused its CPU packing (``int4_packing_format="opaque"``: unsupported); optimum-quanto 0.2.7 packs
+int4 but groups within a row, so at width 48 each 48 values carry a float32 scale and shift (5.3
+bits); HQQ 0.2.8 groups over the flattened weight, so any layer whose size the group divides
+qualifies (4.5 bits), and it is maintained and integrated in transformers. The output layer
 (here tied to the embeddings) stays in float32, as in bitsandbytes' and HQQ's own model
 quantisation (listed in ``kept_float``).
 """
 
 from __future__ import annotations
 
-import logging
-
 import torch
 from torch import nn
 
-log = logging.getLogger(__name__)
 BITS = (8, 4)
 
 

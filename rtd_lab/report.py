@@ -283,7 +283,7 @@ def build_report(runs: list[dict], missing: list[str], baseline: str = "standard
         "chain_acc": table,
         "vs_baseline": comparison,
         "warnings": warnings,
-        "diagnostics": _diagnostics(arms, base),
+        "diagnostics": _diagnostics(arms, base, comparison),
         "missing": missing,
     }
 
@@ -297,7 +297,7 @@ def _baseline_arm(arms: dict[str, list[dict]], baseline: str) -> str | None:
     return named[0] if named else None
 
 
-def _diagnostics(arms: dict[str, list[dict]], baseline: str | None) -> dict:
+def _diagnostics(arms: dict[str, list[dict]], baseline: str | None, comparison: dict) -> dict:
     out = {}
     for name, rs in arms.items():
         ds = [r["diagnostics"] for r in rs if r.get("diagnostics")]
@@ -326,9 +326,12 @@ def _diagnostics(arms: dict[str, list[dict]], baseline: str | None) -> dict:
     base = out.get(baseline) if baseline else None
     for name, row in out.items():  # how much of a method's gain over the baseline survives quantisation
         gain = row["fp32_chain_acc"] - base["fp32_chain_acc"] if base else 0.0
+        # A share of a gain the seeds cannot tell from zero would be noise over noise: only for a real one.
+        test = (comparison.get(name) or {}).get("chain_acc")
+        real = test is not None and (test["ci95"][0] > 0 or test["ci95"][1] < 0)
         for bits in QUANT_BITS:
             q, q_base = row[f"int{bits}_chain_acc"], base and base[f"int{bits}_chain_acc"]
-            kept = name != baseline and q is not None and q_base is not None and abs(gain) > 1e-9
+            kept = real and q is not None and q_base is not None and abs(gain) > 1e-9
             row[f"int{bits}_gain_kept"] = (q - q_base) / gain if kept else None
     return out
 
@@ -444,7 +447,8 @@ def report_markdown(rep: dict, sweep_dir: str) -> str:
             "Diagnostics (mean over seeds): linear CKA of student vs teacher boundary states by step index, "
             "on the deepest test chains (one chain length: pooling lengths inflates CKA); transition-cosine "
             "AUROC; step − chain accuracy; self-consistency vs greedy answer accuracy; int8 and 4-bit chain "
-            "accuracy (weights quantised after training) and the share of the gain over the baseline that survives:",
+            "accuracy (weights quantised after training) and the share of the gain over the baseline that survives "
+            "(only where the seeds' 95 % CI of that gain excludes 0):",
             "",
             "| arm | "
             + " | ".join(f"CKA step {s}" for s in steps)
