@@ -39,13 +39,13 @@ from statistics import mean, stdev
 import numpy as np
 import yaml
 
+from rtd_lab.quantize import BITS as QUANT_BITS
 from rtd_lab.results import depth_table
 from rtd_lab.stats import compare, mean_ci, question_bootstrap_ci
 from rtd_lab.utils import flatten
 
 log = logging.getLogger(__name__)
 PILOT_SEEDS = 5  # fewer seeds per arm than this is a pilot
-QUANT_BITS = (8, 4)  # the weight widths rtd_lab.quantize offers
 # Config entries that name, place or display a run, or that cannot change what it learns: runs that
 # differ only in these (and the seed) are seeds of one arm.
 NOT_ARM_KEYS = {

@@ -38,7 +38,7 @@ import torch
 from tqdm.auto import tqdm
 
 from rtd_lab.models.teacher import SparseLogits, TeacherOutput, layer_states
-from rtd_lab.utils import artifact_key, atomic_write_json, sha256_file
+from rtd_lab.utils import artifact_key, atomic_write_json, build_lock, sha256_file
 
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
@@ -310,28 +310,33 @@ def prepare_teacher_cache(
         if mode == "auto" and not force_build:
             log.info("no teacher cache for this run (%s): teacher online; build one with task=cache", key)
             return None
-        log.info("building the teacher cache %s (%d examples)", path, len(encoded))
-        meta = {
-            "key": key,
-            "version": CACHE_VERSION,
-            "fingerprint": fingerprint,
-            "teacher": teacher_identity_,
-            "spec": {**spec.__dict__, "hint_layers": list(spec.hint_layers)},
-            "tail": tail,
-        }
-        build_cache(
-            path,
-            teacher,
-            encoded,
-            spec,
-            meta,
-            batch_size=batch_size,
-            pad_id=pad_id,
-            shard_size=settings.shard_size,
-        )
-        manifest, why = verify(path, fingerprint, encoded, level)
-        if manifest is None:
-            raise RuntimeError(f"the teacher cache just built at {path} does not verify: {why}")
+        # One builder at a time (the jobs of a parallel sweep share the ``.partial`` folder): the
+        # others wait, then find the cache complete.
+        with build_lock(path):
+            manifest, why = verify(path, fingerprint, encoded, level)
+            if manifest is None:
+                log.info("building the teacher cache %s (%d examples)", path, len(encoded))
+                meta = {
+                    "key": key,
+                    "version": CACHE_VERSION,
+                    "fingerprint": fingerprint,
+                    "teacher": teacher_identity_,
+                    "spec": {**spec.__dict__, "hint_layers": list(spec.hint_layers)},
+                    "tail": tail,
+                }
+                build_cache(
+                    path,
+                    teacher,
+                    encoded,
+                    spec,
+                    meta,
+                    batch_size=batch_size,
+                    pad_id=pad_id,
+                    shard_size=settings.shard_size,
+                )
+                manifest, why = verify(path, fingerprint, encoded, level)
+                if manifest is None:
+                    raise RuntimeError(f"the teacher cache just built at {path} does not verify: {why}")
     manifest["tail"] = tail  # how the tail is used is a loss setting, not part of what is stored
     log.info(
         "teacher cache %s: %d examples, %.1f bytes per supervised token",

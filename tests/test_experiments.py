@@ -92,8 +92,9 @@ SWEEP_EXTRA = {
 # rft_table's sweep (a second teacher, SAMPLE -> FILTER for two arms) is the slowest test; its arms
 # are trained one by one in test_every_experiment_file_trains_and_evaluates, so the sweep runs in
 # make test-slow, keeping make test within its budget.
-# rtd_layers' sweep is rtd three times (its "mean" layer is trained in tests/test_methods.py): slow too.
-SLOW_SWEEPS = {"rft_table", "rtd_layers"}
+# ablations' sweep is its four arms, each trained above; rtd_layers' is rtd three times (its "mean"
+# layer is trained in tests/test_methods.py): slow too. paper_table's stays, the sweep path's check.
+SLOW_SWEEPS = {"rft_table", "ablations", "rtd_layers"}
 SWEEP_PARAMS = [pytest.param(s, marks=pytest.mark.slow) if s in SLOW_SWEEPS else s for s in sorted(SWEEPS)]
 
 

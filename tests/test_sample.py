@@ -42,7 +42,7 @@ def test_sample_writes_a_dataset_with_provenance(make_cfg, tmp_path):
         if r["temperature"] == 0:
             greedy.setdefault((r["teacher"], r["uid"]), set()).add(r["completion"])
     assert all(len(v) == 1 for v in greedy.values())
-    assert len(list((Path(tmp_path) / "run").parent.glob("cache/teachers/*"))) == 2
+    assert len(list((Path(tmp_path) / "run").parent.glob("cache/teachers/[!.]*"))) == 2
 
 
 def test_killed_sample_run_resumes_to_the_same_dataset(make_cfg, tmp_path, monkeypatch):

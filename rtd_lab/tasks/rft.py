@@ -21,7 +21,7 @@ from omegaconf import DictConfig, open_dict
 from rtd_lab.tasks.filter import run_filter
 from rtd_lab.tasks.sample import run_sample, sample_settings
 from rtd_lab.tasks.settings import cache_dir
-from rtd_lab.utils import artifact_key
+from rtd_lab.utils import artifact_key, build_lock
 
 log = logging.getLogger(__name__)
 RFT_CACHE_VERSION = 1  # bump when SAMPLE's or FILTER's output for the same config changes
@@ -35,13 +35,14 @@ def rft_dataset(cfg: DictConfig) -> Path:
     """The FILTER output for ``cfg``'s SAMPLE settings, made (or finished) if need be."""
     root = cache_dir(cfg) / "samples" / rft_key(cfg)
     filtered = root / "filtered" / "dataset"
-    if filtered.exists():
-        log.info("RFT traces from the cache: %s", filtered)
-        return filtered
-    stage_cfg = cfg.copy()
-    with open_dict(stage_cfg):
-        stage_cfg.sample.out_dir = str(root)
-        stage_cfg.filter.input = str(root / "dataset")
-        stage_cfg.filter.out_dir = str(root / "filtered")
-    run_sample(stage_cfg)
-    return run_filter(stage_cfg)
+    with build_lock(root):  # the seeds of a parallel sweep share one set of samples: one job draws it
+        if filtered.exists():
+            log.info("RFT traces from the cache: %s", filtered)
+            return filtered
+        stage_cfg = cfg.copy()
+        with open_dict(stage_cfg):
+            stage_cfg.sample.out_dir = str(root)
+            stage_cfg.filter.input = str(root / "dataset")
+            stage_cfg.filter.out_dir = str(root / "filtered")
+        run_sample(stage_cfg)
+        return run_filter(stage_cfg)
