@@ -295,8 +295,10 @@ def student_base_beside(t: TeacherSettings, s: StudentSettings, ctx: BuildContex
     side = None
     if threads >= 2 and t.pretrained is None and rank_zero_only.rank == 0 and uses_student_base(s, ctx):
         teacher_missing = not (ctx.cache_dir / "teachers" / teacher_key(t, ctx) / TEACHER_META).exists()
-        base_missing = not (student_base_path(s, ctx, benchmark.build_tokenizer()) / STUDENT_BASE_META).exists()
-        if teacher_missing and base_missing:
+        if (
+            teacher_missing
+            and not (student_base_path(s, ctx, benchmark.build_tokenizer()) / STUDENT_BASE_META).exists()
+        ):
             args = (s, replace(ctx, progress=False), threads // 2, retain_memory)
             side = multiprocessing.get_context("spawn").Process(target=_student_base_process, args=args)
             side.start()
