@@ -162,8 +162,8 @@ def test_step_reward_without_gold_and_untrained_teacher_is_a_clear_error(make_cf
         train(_sr_cfg(make_cfg, "method.prm.include_gold=false"))
 
 
-def test_prm_objective_is_the_advantage_weighted_step_nll(make_cfg, monkeypatch):
-    """compute_losses against the formula of the module docstring, with a PRM whose scores we choose."""
+def _module_with_fixed_prm(make_cfg, *extra):
+    """A StepReward module outside a fit, with a PRM whose scores we choose (seeded uniform)."""
     import hydra
     from omegaconf import OmegaConf
 
@@ -173,7 +173,7 @@ def test_prm_objective_is_the_advantage_weighted_step_nll(make_cfg, monkeypatch)
     from rtd_lab.models.provision import prepare_student, prepare_teacher
     from rtd_lab.tasks.settings import build_context, student_settings, teacher_settings
 
-    cfg = _sr_cfg(make_cfg, "method.w_reward=2.0")
+    cfg = _sr_cfg(make_cfg, *extra)
     bm = hydra.utils.instantiate(cfg.data.benchmark)
     teacher, tok, _ = prepare_teacher(teacher_settings(cfg.teacher), build_context(cfg), bm)
     dm = ReasoningDataModule.gold(bm, tok, cfg.data.batch_size, cfg.data.eval_batch_size)
@@ -191,21 +191,21 @@ def test_prm_objective_is_the_advantage_weighted_step_nll(make_cfg, monkeypatch)
 
     module._trainer = FakeTrainer()  # what compute_losses reads; no fit needed
     module._markers = marker_ids(tok, bm.format)
-    scores = {}
+    scores = {"calls": 0}
 
     class FixedPRM(ProcessRewardModel):
         def score(self, teacher_model, batch):
             g = torch.Generator().manual_seed(1)
             r = torch.rand(batch.step_mask.shape, generator=g) * batch.step_mask
             scores["r"], scores["batch"] = r, batch
+            scores["calls"] += 1
             return r
 
     module.__dict__["prm"] = FixedPRM(4)
-    batch = next(iter(dm.train_dataloader()))
-    torch.manual_seed(0)
-    losses = module.compute_losses(batch, module.item_counts(batch))
+    return module, dm, scores
 
-    r, sb = scores["r"], scores["batch"]
+
+def _expected_prm_loss(module, sb, r):
     A = advantages(r, sb.step_mask, "normalized")
     logp = token_logprobs(module.student(input_ids=sb.input_ids).logits, sb.input_ids)
     expected, n = 0.0, 0
@@ -215,6 +215,58 @@ def test_prm_objective_is_the_advantage_weighted_step_nll(make_cfg, monkeypatch)
             if s >= 0:
                 expected -= float(A[b, s]) * float(logp[b, t])
                 n += 1
-    expected /= n
+    return expected / n
+
+
+def test_prm_objective_is_the_advantage_weighted_step_nll(make_cfg):
+    """compute_losses against the formula of the module docstring, with a PRM whose scores we choose."""
+    module, dm, scores = _module_with_fixed_prm(make_cfg, "method.w_reward=2.0")
+    batch = next(iter(dm.train_dataloader()))
+    torch.manual_seed(0)
+    losses = module.compute_losses(batch, module.item_counts(batch))
+
+    expected = _expected_prm_loss(module, scores["batch"], scores["r"])
     assert float(losses["prm"]) == pytest.approx(expected, rel=1e-4, abs=1e-6)
     assert float(losses["loss"]) == pytest.approx(float(losses["kd"]) + 2.0 * expected, rel=1e-4, abs=1e-6)
+
+
+def test_rollouts_every_k_steps_give_each_step_its_own_set(make_cfg, monkeypatch):
+    """rollout_every=3: one generate call (3 samples per question) and one PRM pass serve 3 steps;
+    each step trains on its own set of one sample per question, with the objective of k = 1."""
+    module, dm, scores = _module_with_fixed_prm(make_cfg, "method.rollout_every=3")
+    batches = iter(dm.train_dataloader())
+    generate = module.student.generate
+    rows = []
+
+    def counting_generate(*args, **kwargs):
+        rows.append(kwargs["input_ids"].size(0))
+        return generate(*args, **kwargs)
+
+    monkeypatch.setattr(module.student, "generate", counting_generate)
+    torch.manual_seed(0)
+    seen = []
+    for _ in range(4):
+        batch = next(batches)
+        n_q = batch["prompt_ids"].size(0)
+        losses = module.compute_losses(batch, module.item_counts(batch))
+        assert len(module._rollouts) in (0, 1, 2)
+        seen.append(float(losses["prm"]))
+    assert rows == [3 * n_q, 3 * n_q]  # steps 1 and 4 drew; steps 2 and 3 reused
+    assert scores["calls"] == 2
+    # The next step trains on the next set; its loss by the formula, from that set.
+    assert scores["batch"].input_ids.size(0) == 3 * n_q  # the PRM scored the second draw's 3 sets at once
+    sb, r = module._rollouts[0]  # the second set of the second draw, trimmed as a step sees it
+    assert sb.input_ids.size(0) == n_q and r.shape == sb.step_mask.shape
+    assert (sb.token_step >= 0).any(0)[-1]  # trimmed: the last column is used by some row
+    assert float(module.compute_losses(batch, module.item_counts(batch))["prm"]) == pytest.approx(
+        _expected_prm_loss(module, sb, r), rel=1e-4, abs=1e-6
+    )
+    assert len(set(seen)) == 4  # every step had its own samples
+
+
+def test_rollout_every_is_checked(make_cfg):
+    from rtd_lab.methods.step_reward import StepReward
+
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="method.rollout_every"):
+            StepReward.check_settings({"rollout_every": bad})

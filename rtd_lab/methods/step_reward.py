@@ -25,6 +25,13 @@ Each training step, for the batch's questions x:
      with L_KD the standard-KD term on the gold traces (alpha, T as in ``standard_kd``).
      ``w_reward = 0`` is exactly standard KD.
 
+``rollout_every = k > 1`` samples as PPO-style trainers do: one ``generate`` call every k steps
+draws k traces for each question of that step's batch (the student's token-by-token decoding costs
+per call, hardly per row), the PRM scores them at once, and each of the next k steps trains on one
+of the k sets (0..k-1 optimiser steps old). Every step still has one sample per question and its
+own advantages; k = 1 is the on-policy original. The sets waiting are not checkpointed: a resumed
+run draws afresh at its first step.
+
 The separator token closing a step, and the answer after "####" (with <eos>), are credited to
 the step they close, so the decision to stop is rewarded with the last step. Logged: the mean PRM
 reward, the sampled steps' exact correctness (``sample_step_acc``) and how often the PRM agrees
@@ -56,6 +63,7 @@ class StepReward(StandardKD):
         w_reward: float = 1.0,
         sample_temperature: float = 1.0,
         samples_per_batch: int | None = None,
+        rollout_every: int = 1,
         advantage: str = "normalized",
         prm: dict | None = None,
         cache_dir: str = ".cache/rtd_lab",
@@ -63,10 +71,12 @@ class StepReward(StandardKD):
     ):
         super().__init__(*args, **kwargs)
         settings = {"w_reward": w_reward, "sample_temperature": sample_temperature, "advantage": advantage}
-        self.check_settings({**settings, "samples_per_batch": samples_per_batch})
+        self.check_settings({**settings, "samples_per_batch": samples_per_batch, "rollout_every": rollout_every})
         self.w_reward = float(w_reward)
         self.sample_temperature = float(sample_temperature)
         self.samples_per_batch = samples_per_batch
+        self.rollout_every = int(rollout_every)
+        self._rollouts: list = []  # (samples, rewards) for the coming steps (rollout_every > 1)
         self.advantage = advantage
         self.prm_config = PRMConfig(**(prm or {}))
         self.cache_dir = cache_dir
@@ -84,12 +94,16 @@ class StepReward(StandardKD):
             raise ValueError(f"method.sample_temperature must be > 0, got {settings['sample_temperature']}")
         if settings.get("samples_per_batch") is not None and settings["samples_per_batch"] < 1:
             raise ValueError(f"method.samples_per_batch must be >= 1 or null, got {settings['samples_per_batch']}")
+        every = settings.get("rollout_every", 1)
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ValueError(f"method.rollout_every must be an integer >= 1, got {every!r}")
         if "advantage" in settings and settings["advantage"] not in ADVANTAGES:
             raise ValueError(f"method.advantage must be one of {list(ADVANTAGES)}, got {settings['advantage']!r}")
         if "prm" in settings:
             PRMConfig(**(settings["prm"] or {}))
 
     def on_fit_start(self) -> None:
+        self._rollouts = []
         self.ensure_prm()  # before the first step, so the PRM's report is in the log up front
 
     def ensure_prm(self) -> None:
@@ -123,9 +137,11 @@ class StepReward(StandardKD):
         return {"prm": self.prm_info}
 
     @torch.no_grad()
-    def sample(self, batch: dict):
+    def sample(self, batch: dict, copies: int = 1):
+        """The student's traces for the batch's questions, ``copies`` sets of them stacked (rows
+        c·n … c·n + n − 1 are set c)."""
         n = batch["prompt_ids"].size(0) if self.samples_per_batch is None else self.samples_per_batch
-        prompt_ids, prompt_mask = batch["prompt_ids"][:n], batch["prompt_mask"][:n]
+        prompt_ids, prompt_mask = batch["prompt_ids"][:n].repeat(copies, 1), batch["prompt_mask"][:n].repeat(copies, 1)
         tokenizer = self.evaluator.tokenizer
         gen = GenerationConfig(
             do_sample=True,
@@ -139,8 +155,25 @@ class StepReward(StandardKD):
         self.student.eval()
         out = self.student.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=gen)
         self.student.train(was_training)
-        packed = pack_samples(prompt_ids, prompt_mask, out, batch["examples"][:n], tokenizer, *self._markers)
+        examples = list(batch["examples"][:n]) * copies
+        packed = pack_samples(prompt_ids, prompt_mask, out, examples, tokenizer, *self._markers)
         return type(packed)(*(t.to(self.device) for t in vars(packed).values()))
+
+    def next_rollout(self, batch: dict):
+        """This step's samples and their PRM rewards: drawn now (rollout_every = 1), or the next of the
+        sets drawn at the last refill (see the module docstring)."""
+        if not self._rollouts:
+            k = self.rollout_every
+            sampled = self.sample(batch, copies=k)
+            reward = self.prm.score(self.teacher.model, sampled)  # (k·n, S), 0 on padded steps
+            n = sampled.input_ids.size(0) // k
+            if k == 1:  # as drawn: the on-policy original, bit for bit
+                return sampled, reward
+            for c in range(k):
+                rows = slice(c * n, (c + 1) * n)
+                part = type(sampled)(*(t[rows] for t in vars(sampled).values()))
+                self._rollouts.append(trim(part, reward[rows]))
+        return self._rollouts.pop(0)
 
     def compute_losses(self, batch: dict, n: ItemCounts) -> dict[str, torch.Tensor]:
         self.ensure_prm()
@@ -148,8 +181,7 @@ class StepReward(StandardKD):
         t = self.teacher_forward(batch)  # the KD anchor may come from the offline cache; the PRM runs online
         kd = self.kd(s.logits, t.logits, batch["labels"], n.tokens)
 
-        sampled = self.sample(batch)
-        reward = self.prm.score(self.teacher.model, sampled)  # (B, S), 0 on padded steps
+        sampled, reward = self.next_rollout(batch)  # reward (B, S), 0 on padded steps
         mask = sampled.step_mask
         weight = torch.where(mask, advantages(reward, mask, self.advantage), torch.zeros_like(reward))  # (B, S)
         # Per-token weight: the weight of the step the token is credited to; 0 on prompt/padding.
@@ -170,6 +202,18 @@ class StepReward(StandardKD):
             "sample_step_acc": masked_mean(sampled.correct.float(), mask),
             "prm_agreement": masked_mean(agree, mask),
         }
+
+
+def trim(sampled, reward: torch.Tensor):
+    """Drop the token and step columns that no row uses (a set cut from a larger rollout is padded to
+    the longest trace of all k sets); the loss is the same, the student's forward shorter."""
+    used = (sampled.token_step >= 0).any(0).nonzero()
+    last = int(used.max()) + 1 if len(used) else 1
+    steps = max(1, int(sampled.step_mask.sum(1).max()))
+    cut = {
+        name: t[:, :last] if name in ("input_ids", "token_step") else t[:, :steps] for name, t in vars(sampled).items()
+    }
+    return type(sampled)(**cut), reward[:, :steps]
 
 
 def advantages(reward: torch.Tensor, mask: torch.Tensor, kind: str = "normalized") -> torch.Tensor:
