@@ -224,8 +224,18 @@ def compared_metrics(depths: list[int]) -> list[str]:
 
 
 # ---- the report ---------------------------------------------------------------------------------
-def build_report(runs: list[dict], missing: list[str], baseline: str = "standard_kd", n_bootstrap: int = 10_000):
-    """The report as a dict (tables as nested dicts) — written as JSON, rendered as markdown."""
+def build_report(
+    runs: list[dict],
+    missing: list[str],
+    baseline: str = "standard_kd",
+    n_bootstrap: int = 10_000,
+    within: list[str] | None = None,
+):
+    """The report as a dict (tables as nested dicts) — written as JSON, rendered as markdown.
+
+    ``within``: config prefixes (e.g. ``["student"]``) that make blocks of arms — each arm is then
+    compared with the baseline arm of its own block (the same values under those prefixes), e.g.
+    RTD against standard KD at each student size, instead of with one baseline for all."""
     if not runs:
         raise ValueError("report: no finished run (no results.json) in the sweep; missing: " + "; ".join(missing))
     depths = runs[0]["depths"]
@@ -259,33 +269,62 @@ def build_report(runs: list[dict], missing: list[str], baseline: str = "standard
         for name, row in table.items()
         if row["n"] < PILOT_SEEDS
     ]
-    base = _baseline_arm(arms, baseline)
+    bases = _baseline_arms(arms, baseline, within)
     comparison = {}
-    if base is not None:
-        for name, rs in arms.items():
-            if name == base:
+    for name, rs in arms.items():
+        base = bases.get(name)
+        if base is None or name == base:
+            continue
+        comparison[name] = {"baseline_arm": base}
+        for k in keys:
+            if k not in values[name] or k not in values[base]:
                 continue
-            comparison[name] = {}
-            for k in keys:
-                if k not in values[name] or k not in values[base]:
-                    continue
-                c = compare(values[name][k], values[base][k])
-                comparison[name][k] = c.asdict() if c else None
-            common = sorted(set.intersection(*(set(r["_questions"]) for r in rs + arms[base])))
-            if common:
-                a = [[r["_questions"][u] for u in common] for r in rs]
-                b = [[r["_questions"][u] for u in common] for r in arms[base]]
-                comparison[name]["test_set"] = question_bootstrap_ci(a, b, n_bootstrap)
+            c = compare(values[name][k], values[base][k])
+            comparison[name][k] = c.asdict() if c else None
+        common = sorted(set.intersection(*(set(r["_questions"]) for r in rs + arms[base])))
+        if common:
+            a = [[r["_questions"][u] for u in common] for r in rs]
+            b = [[r["_questions"][u] for u in common] for r in arms[base]]
+            comparison[name]["test_set"] = question_bootstrap_ci(a, b, n_bootstrap)
+    named = sorted(set(bases.values()))
     return {
         "depths": depths,
-        "baseline": base,
+        "baseline": (named[0] if len(named) == 1 and not within else baseline) if named else None,
+        "within": list(within) if within else None,
+        "baseline_arms": bases,
         "teacher": teacher,
         "chain_acc": table,
         "vs_baseline": comparison,
         "warnings": warnings,
-        "diagnostics": _diagnostics(arms, base, comparison),
+        "diagnostics": _diagnostics(arms, bases, comparison),
         "missing": missing,
     }
+
+
+def _block(run: dict, within: list[str]) -> str:
+    """The config entries of ``run`` under the ``within`` prefixes, as a hashable key."""
+    flat = flatten(run.get("config") or {})
+    picked = {k: v for k, v in flat.items() if any(k == p or k.startswith(p + ".") for p in within)}
+    return json.dumps(picked, sort_keys=True, default=str)
+
+
+def _baseline_arms(arms: dict[str, list[dict]], baseline: str, within: list[str] | None) -> dict[str, str]:
+    """Each arm's baseline arm: the one ``baseline`` names, or with ``within``, the one of its block."""
+    if not within:
+        base = _baseline_arm(arms, baseline)
+        return {name: base for name in arms} if base is not None else {}
+    blocks: dict[str, dict[str, list[dict]]] = defaultdict(dict)
+    for name, rs in arms.items():
+        blocks[_block(rs[0], within)][name] = rs
+    bases = {}
+    for members in blocks.values():
+        base = _baseline_arm(members, baseline)
+        if base is None:
+            base = _baseline_arm(members, baseline.split("[", 1)[0])  # a label of the whole sweep's arms
+        for name in members:
+            if base is not None:
+                bases[name] = base
+    return bases
 
 
 def _baseline_arm(arms: dict[str, list[dict]], baseline: str) -> str | None:
@@ -297,7 +336,7 @@ def _baseline_arm(arms: dict[str, list[dict]], baseline: str) -> str | None:
     return named[0] if named else None
 
 
-def _diagnostics(arms: dict[str, list[dict]], baseline: str | None, comparison: dict) -> dict:
+def _diagnostics(arms: dict[str, list[dict]], bases: dict[str, str], comparison: dict) -> dict:
     out = {}
     for name, rs in arms.items():
         ds = [r["diagnostics"] for r in rs if r.get("diagnostics")]
@@ -323,8 +362,8 @@ def _diagnostics(arms: dict[str, list[dict]], baseline: str | None, comparison: 
             row[f"int{bits}_chain_acc"] = mean(q["chain_acc"] for q in qs) if qs else None
             row[f"int{bits}_chain_acc_by_depth"] = {k: mean(q[k] for q in qs) for k in depth_keys} if qs else None
         out[name] = row
-    base = out.get(baseline) if baseline else None
     for name, row in out.items():  # how much of a method's gain over the baseline survives quantisation
+        base = out.get(bases.get(name)) if bases.get(name) else None
         gain = row["fp32_chain_acc"] - base["fp32_chain_acc"] if base else 0.0
         # A share of a gain the seeds cannot tell from zero would be noise over noise: only for a real one.
         test = (comparison.get(name) or {}).get("chain_acc")
@@ -401,10 +440,17 @@ def report_markdown(rep: dict, sweep_dir: str) -> str:
             f"| {n} | {', '.join(map(str, arms[n]['seeds']))} | {' / '.join(_fmt(v) for v in ca['per_seed'])} | "
             f"{_fmt(ca['mean'])} | {_fmt(ca['sd'])} | {aulc_cell} | {_converged_cell(arms[n].get('converged'))} |"
         )
+    within = rep.get("within")
     if rep["baseline"]:
+        against = (
+            f"Against **{rep['baseline']}** of the same {' / '.join(within)} settings (each arm's baseline arm after "
+            "its name)"
+            if within
+            else f"Against **{rep['baseline']}**"
+        )
         lines += [
             "",
-            f"Against **{rep['baseline']}**, over seeds: Δ = mean(arm) − mean(baseline) with its 95 % CI; the t-test "
+            f"{against}, over seeds: Δ = mean(arm) − mean(baseline) with its 95 % CI; the t-test "
             "(paired by seed when both arms ran the same seeds — the seed fixes the student's base checkpoint, "
             "initialisation and batch order — else Welch's); the exact permutation test of the same design "
             "(its smallest attainable p at this n in brackets); the minimum detectable effect (MDE) at 80 % power "
@@ -422,11 +468,13 @@ def report_markdown(rep: dict, sweep_dir: str) -> str:
                 perm = (
                     f"{_p(c['p_permutation'])} [{_fmt(c['min_p_permutation'], 4)}]" if c["permutation_exact"] else "–"
                 )
+                label = f"{n} − {cs['baseline_arm']}" if within else n
                 lines.append(
-                    f"| {n} | {METRIC_LABELS.get(k, k)} | {c['design']} | {c['delta']:+.3f} "
+                    f"| {label} | {METRIC_LABELS.get(k, k)} | {c['design']} | {c['delta']:+.3f} "
                     f"[{c['ci95'][0]:+.3f}, {c['ci95'][1]:+.3f}] | {_p(c['p_t'])} | {perm} | {_fmt(c['mde80'])} | "
                     f"{_p(c['p_welch'])} |"
                 )
+        lines += delta_by_depth_table(rep)
         tests = {n: cs["test_set"] for n, cs in rep["vs_baseline"].items() if cs.get("test_set")}
         if tests:
             lines += [
@@ -467,6 +515,29 @@ def report_markdown(rep: dict, sweep_dir: str) -> str:
             )
         lines += quantization_table(rep["diagnostics"])
     return "\n".join(lines) + "\n"
+
+
+def delta_by_depth_table(rep: dict) -> list[str]:
+    """Δ chain accuracy against the baseline at every depth, with the seeds' 95 % CI."""
+    keys = [f"chain_acc/depth_{d}" for d in rep["depths"]] + ["chain_acc"]
+    rows = [(n, cs) for n, cs in rep["vs_baseline"].items() if any(cs.get(k) for k in keys)]
+    if not rows:
+        return []
+    lines = [
+        "",
+        "Δ chain accuracy against the baseline by depth, over seeds (95 % CI; the design as above):",
+        "",
+        "| arm | " + " | ".join(f"depth {d}" for d in rep["depths"]) + " | all |",
+        "|---|" + "---|" * len(keys),
+    ]
+    for n, cs in rows:
+        cells = [
+            f"{cs[k]['delta']:+.3f} [{cs[k]['ci95'][0]:+.3f}, {cs[k]['ci95'][1]:+.3f}]" if cs.get(k) else "–"
+            for k in keys
+        ]
+        label = f"{n} − {cs['baseline_arm']}" if rep.get("within") else n
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def quantization_table(diagnostics: dict) -> list[str]:

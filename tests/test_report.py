@@ -9,7 +9,7 @@ import pytest
 import yaml
 from scipy import stats
 
-from rtd_lab.report import build_report, expected_jobs, group_arms, read_sweep
+from rtd_lab.report import build_report, expected_jobs, group_arms, read_sweep, report_markdown
 from tests.test_experiments import ROOT, _cli
 
 
@@ -188,3 +188,31 @@ def test_a_sweep_finished_in_another_folder_is_not_missing(tmp_path):
     assert alone == [f"{first}: never started: +experiment@_global_=cot_ft seed=0"]
     runs, missing = read_sweep(first, job_overrides(second))
     assert len(runs) == 1 and missing == []
+
+
+def test_within_compares_each_arm_with_the_baseline_of_its_block():
+    """report.within=[student]: RTD at each student width against standard KD at the same width."""
+    gains = {32: 0.10, 48: 0.0}
+    kd = {32: [0.40, 0.42, 0.41, 0.43, 0.39], 48: [0.60, 0.62, 0.61, 0.63, 0.59]}
+    noise = [0.01, -0.01, 0.0, 0.005, -0.005]
+    runs = []
+    for w in (32, 48):
+        student = {"model": {"hidden_size": w}}
+        runs += [_run("standard_kd", s, v, student=student) for s, v in enumerate(kd[w])]
+        runs += [_run("rtd", s, v + gains[w] + noise[s], student=student) for s, v in enumerate(kd[w])]
+    rep = build_report(runs, [], within=["student"])
+    assert rep["baseline_arms"]["rtd[student.model.hidden_size=32]"] == "standard_kd[student.model.hidden_size=32]"
+    assert rep["baseline_arms"]["rtd[student.model.hidden_size=48]"] == "standard_kd[student.model.hidden_size=48]"
+    assert set(rep["vs_baseline"]) == {"rtd[student.model.hidden_size=32]", "rtd[student.model.hidden_size=48]"}
+    for w in (32, 48):
+        c = rep["vs_baseline"][f"rtd[student.model.hidden_size={w}]"]["chain_acc"]
+        assert c["design"] == "paired by seed"
+        assert c["delta"] == pytest.approx(gains[w])
+        rtd = [v + gains[w] + noise[s] for s, v in enumerate(kd[w])]
+        assert c["p_t"] == pytest.approx(stats.ttest_rel(rtd, kd[w]).pvalue)
+    md = report_markdown(rep, "sweep")
+    assert "rtd[student.model.hidden_size=32] − standard_kd[student.model.hidden_size=32]" in md
+    assert "+0.100 [" in md and "by depth" in md
+    # Without blocks, the baseline name matches two arms: a clear error naming them.
+    with pytest.raises(ValueError, match="matches several arms"):
+        build_report(runs, [])

@@ -76,6 +76,10 @@ def run_report(cfg: DictConfig) -> dict:
             "report.sweep_dir is not set: python -m rtd_lab task=report report.sweep_dir=multirun/<date>/<time>"
         )
     given = list(r.sweep_dir) if isinstance(r.sweep_dir, list | ListConfig) else [r.sweep_dir]
+    within = r.get("within")
+    within = [within] if isinstance(within, str) else list(within) if within is not None else None
+    if within is not None and not (within and all(isinstance(w, str) and w for w in within)):
+        raise ValueError(f"report.within must be null, a config prefix or a list of them, got {r.get('within')!r}")
     sweeps = [Path(hydra.utils.to_absolute_path(str(d))) for d in given]
     for sweep in sweeps:
         if not sweep.is_dir():
@@ -103,7 +107,7 @@ def run_report(cfg: DictConfig) -> dict:
         found, lost = read_sweep(sweep, [o for other in sweeps if other != sweep for o in ran[other]])
         runs += found
         missing += lost
-    rep = build_report(runs, missing, r.baseline, r.n_bootstrap)
+    rep = build_report(runs, missing, r.baseline, r.n_bootstrap, within)
     markdown = report_markdown(rep, ", ".join(map(str, given)))
     images = plot_report(rep, out)
     atomic_write_json(out / "report.json", rep)
