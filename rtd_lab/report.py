@@ -206,6 +206,8 @@ def _metrics(run: dict, depths: list[int]) -> dict[str, float]:
     curve = run["student"].get("learning_curve")
     if curve and curve.get("aulc") is not None:
         m["val_aulc"] = curve["aulc"]
+    if curve and curve.get("chain_acc"):
+        m["val_chain_acc"] = curve["chain_acc"][-1]  # the last validation check: at the end of training
     for bits in QUANT_BITS:  # the student with its weights quantised after training (diagnostics)
         q = ((run.get("diagnostics") or {}).get("quantized") or {}).get(f"{bits}bit", {}).get("metrics")
         if q:
@@ -220,7 +222,7 @@ def compared_metrics(depths: list[int]) -> list[str]:
     keys = ["chain_acc"] + [f"chain_acc/depth_{d}" for d in depths]
     deep = max(depths) >= 4 and min(depths) < 4
     quantized = [f"int{b}_chain_acc{suffix}" for b in QUANT_BITS for suffix in ("", "/depth_4+")[: 1 + deep]]
-    return keys + (["chain_acc/depth_4+"] if deep else []) + ["val_aulc"] + quantized
+    return keys + (["chain_acc/depth_4+"] if deep else []) + ["val_aulc", "val_chain_acc"] + quantized
 
 
 # ---- the report ---------------------------------------------------------------------------------
@@ -230,12 +232,17 @@ def build_report(
     baseline: str = "standard_kd",
     n_bootstrap: int = 10_000,
     within: list[str] | None = None,
+    select_by: str | None = None,
 ):
     """The report as a dict (tables as nested dicts) — written as JSON, rendered as markdown.
 
     ``within``: config prefixes (e.g. ``["student"]``) that make blocks of arms — each arm is then
     compared with the baseline arm of its own block (the same values under those prefixes), e.g.
-    RTD against standard KD at each student size, instead of with one baseline for all."""
+    RTD against standard KD at each student size, instead of with one baseline for all.
+
+    ``select_by``: a metric of the validation split (``val_chain_acc``) by which to pick the best arm —
+    a grid search done as the RTD paper did its own, on held-out data; its test numbers are then read
+    from the tables as any arm's."""
     if not runs:
         raise ValueError("report: no finished run (no results.json) in the sweep; missing: " + "; ".join(missing))
     depths = runs[0]["depths"]
@@ -287,6 +294,17 @@ def build_report(
             b = [[r["_questions"][u] for u in common] for r in arms[base]]
             comparison[name]["test_set"] = question_bootstrap_ci(a, b, n_bootstrap)
     named = sorted(set(bases.values()))
+    selection = None
+    if select_by:
+        if not select_by.startswith("val_"):
+            raise ValueError(f"report.select_by must be a validation metric (val_...), got {select_by!r}")
+        ranked = sorted(
+            ((name, row[select_by]["mean"]) for name, row in table.items() if select_by in row),
+            key=lambda item: -item[1],
+        )
+        if not ranked:
+            raise ValueError(f"report.select_by={select_by}: no run recorded it")
+        selection = {"by": select_by, "arm": ranked[0][0], "ranking": [list(item) for item in ranked]}
     return {
         "depths": depths,
         "baseline": (named[0] if len(named) == 1 and not within else baseline) if named else None,
@@ -295,6 +313,7 @@ def build_report(
         "teacher": teacher,
         "chain_acc": table,
         "vs_baseline": comparison,
+        "selection": selection,
         "warnings": warnings,
         "diagnostics": _diagnostics(arms, bases, comparison),
         "missing": missing,
@@ -440,6 +459,7 @@ def report_markdown(rep: dict, sweep_dir: str) -> str:
             f"| {n} | {', '.join(map(str, arms[n]['seeds']))} | {' / '.join(_fmt(v) for v in ca['per_seed'])} | "
             f"{_fmt(ca['mean'])} | {_fmt(ca['sd'])} | {aulc_cell} | {_converged_cell(arms[n].get('converged'))} |"
         )
+    lines += selection_table(rep)
     within = rep.get("within")
     if rep["baseline"]:
         against = (
@@ -515,6 +535,29 @@ def report_markdown(rep: dict, sweep_dir: str) -> str:
             )
         lines += quantization_table(rep["diagnostics"])
     return "\n".join(lines) + "\n"
+
+
+def selection_table(rep: dict) -> list[str]:
+    """The arms ranked by the validation metric that selects one (``report.select_by``), with their test
+    chain accuracy beside it (read after the choice, not used for it)."""
+    sel = rep.get("selection")
+    if not sel:
+        return []
+    arms = rep["chain_acc"]
+    lines = [
+        "",
+        f"Selected on the validation split by **{sel['by']}** (mean over seeds): **{sel['arm']}**. All arms, best "
+        "first, with their test chain accuracy (not used to choose):",
+        "",
+        f"| rank | arm | {sel['by']} | SD | test chain acc ± 95 % CI |",
+        "|---|---|---|---|---|",
+    ]
+    for rank, (name, value) in enumerate(sel["ranking"], 1):
+        v, ca = arms[name][sel["by"]], arms[name]["chain_acc"]
+        lines.append(
+            f"| {rank} | {name} | {_fmt(value)} | {_fmt(v['sd'])} | {_fmt(ca['mean'])} ± {_fmt(ca['ci95'])} |"
+        )
+    return lines
 
 
 def delta_by_depth_table(rep: dict) -> list[str]:

@@ -216,3 +216,35 @@ def test_within_compares_each_arm_with_the_baseline_of_its_block():
     # Without blocks, the baseline name matches two arms: a clear error naming them.
     with pytest.raises(ValueError, match="matches several arms"):
         build_report(runs, [])
+
+
+def test_select_by_ranks_arms_on_validation_not_test():
+    """A grid cell that is best on test but not on validation is not the one selected."""
+    runs = []
+    for w, (val, test) in {0.1: (0.50, 0.70), 0.3: (0.60, 0.55), 1.0: (0.55, 0.60)}.items():
+        for s in range(3):
+            r = _run("rtd", s, test + 0.01 * s, method={"w_align": w})
+            r["student"]["learning_curve"] = {"steps": [100, 200], "chain_acc": [0.1, val + 0.01 * s], "aulc": 0.3}
+            runs.append(r)
+    rep = build_report(runs, [], baseline="rtd[method.w_align=0.3]", select_by="val_chain_acc")
+    sel = rep["selection"]
+    assert sel["arm"] == "rtd[method.w_align=0.3]"
+    assert [name for name, _ in sel["ranking"]] == [
+        "rtd[method.w_align=0.3]", "rtd[method.w_align=1.0]", "rtd[method.w_align=0.1]"
+    ]  # fmt: skip
+    assert sel["ranking"][0][1] == pytest.approx(0.61)
+    assert rep["chain_acc"]["rtd[method.w_align=0.3]"]["val_chain_acc"]["per_seed"] == pytest.approx([0.6, 0.61, 0.62])
+    assert "Selected on the validation split by **val_chain_acc**" in report_markdown(rep, "grid")
+    with pytest.raises(ValueError, match="report.select_by"):
+        build_report(runs, [], select_by="chain_acc")
+
+
+@pytest.mark.parametrize(("field", "value"), [("within", 5), ("within", []), ("select_by", "chain_acc")])
+def test_report_settings_are_checked_before_reading(tmp_path, field, value):
+    from omegaconf import OmegaConf
+
+    from rtd_lab.tasks.report import run_report
+
+    cfg = OmegaConf.create({"report": {"sweep_dir": str(tmp_path), field: value}})
+    with pytest.raises(ValueError, match=f"report.{field}"):
+        run_report(cfg)

@@ -77,9 +77,14 @@ def run_report(cfg: DictConfig) -> dict:
         )
     given = list(r.sweep_dir) if isinstance(r.sweep_dir, list | ListConfig) else [r.sweep_dir]
     within = r.get("within")
-    within = [within] if isinstance(within, str) else list(within) if within is not None else None
-    if within is not None and not (within and all(isinstance(w, str) and w for w in within)):
+    within = [within] if isinstance(within, str) else list(within) if isinstance(within, list | ListConfig) else within
+    if within is not None and not (
+        isinstance(within, list) and within and all(isinstance(w, str) and w for w in within)
+    ):
         raise ValueError(f"report.within must be null, a config prefix or a list of them, got {r.get('within')!r}")
+    select_by = r.get("select_by")
+    if select_by is not None and not (isinstance(select_by, str) and select_by.startswith("val_")):
+        raise ValueError(f"report.select_by must be null or a validation metric (val_chain_acc), got {select_by!r}")
     sweeps = [Path(hydra.utils.to_absolute_path(str(d))) for d in given]
     for sweep in sweeps:
         if not sweep.is_dir():
@@ -107,7 +112,7 @@ def run_report(cfg: DictConfig) -> dict:
         found, lost = read_sweep(sweep, [o for other in sweeps if other != sweep for o in ran[other]])
         runs += found
         missing += lost
-    rep = build_report(runs, missing, r.baseline, r.n_bootstrap, within)
+    rep = build_report(runs, missing, r.baseline, r.n_bootstrap, within, r.get("select_by"))
     markdown = report_markdown(rep, ", ".join(map(str, given)))
     images = plot_report(rep, out)
     atomic_write_json(out / "report.json", rep)
