@@ -554,9 +554,7 @@ def selection_table(rep: dict) -> list[str]:
     ]
     for rank, (name, value) in enumerate(sel["ranking"], 1):
         v, ca = arms[name][sel["by"]], arms[name]["chain_acc"]
-        lines.append(
-            f"| {rank} | {name} | {_fmt(value)} | {_fmt(v['sd'])} | {_fmt(ca['mean'])} ± {_fmt(ca['ci95'])} |"
-        )
+        lines.append(f"| {rank} | {name} | {_fmt(value)} | {_fmt(v['sd'])} | {_fmt(ca['mean'])} ± {_fmt(ca['ci95'])} |")
     return lines
 
 

@@ -68,3 +68,35 @@ def test_fitnets_caps_hints_at_teacher_depth_and_validates(batch_and_tok):
         FitNets(tiny_lm(tok), Teacher(tiny_lm(tok)), w_hint=-1)
     with pytest.raises(ValueError, match=r"method\.n_hints"):
         FitNets(tiny_lm(tok), Teacher(tiny_lm(tok)), n_hints=0)
+
+
+def test_fitnets_trace_positions_match_only_the_trace_tokens(batch_and_tok):
+    """positions=trace: the hint loss over the labelled (trace) tokens only, the prompt left out."""
+    batch, tok = batch_and_tok
+    teacher = Teacher(tiny_lm(tok, 24, layers=2, seed=1))
+    module = FitNets(tiny_lm(tok, 16), teacher, w_hint=1.0, n_hints=2, positions="trace")
+    losses = module.compute_losses(batch, module.item_counts(batch))
+    s = module.student(input_ids=batch["input_ids"], output_hidden_states=True)
+    t = teacher.model(input_ids=batch["input_ids"], output_hidden_states=True)
+    trace = batch["labels"] != -100
+    assert 0 < trace.sum() < batch["attention_mask"].sum()  # the prompt is real but not trace
+    pairs = zip(module.hints, module.student_layers, module.teacher_layers, strict=True)
+    hints = [hint_loss(w(s.hidden_states[i]), t.hidden_states[j], trace) for w, i, j in pairs]
+    assert losses["hint"].item() == pytest.approx(torch.stack(hints).mean().item(), rel=1e-5)
+    every = FitNets(tiny_lm(tok, 16), teacher, w_hint=1.0, n_hints=2)  # the same student weights (seed 0)
+    assert every.compute_losses(batch, every.item_counts(batch))["hint"].item() != pytest.approx(losses["hint"].item())
+
+
+def test_fitnets_two_stage_trains_hints_then_kd(batch_and_tok, monkeypatch):
+    batch, tok = batch_and_tok
+    teacher = Teacher(tiny_lm(tok, 24, seed=1))
+    module = FitNets(tiny_lm(tok, 16), teacher, w_hint=0.5, schedule="two_stage", hint_steps=3)
+    module.train()
+    for step, stage in ((0, "hint"), (2, "hint"), (3, "kd"), (10, "kd")):
+        monkeypatch.setattr(FitNets, "global_step", property(lambda self, s=step: s))
+        losses = module.compute_losses(batch, module.item_counts(batch))
+        want = 0.5 * losses["hint"] if stage == "hint" else losses["kd"]
+        assert losses["loss"].item() == pytest.approx(want.item(), rel=1e-6)
+    for name, value in (("positions", "prompt"), ("schedule", "hints_first"), ("hint_steps", 0)):
+        with pytest.raises(ValueError, match=rf"method\.{name}"):
+            FitNets(tiny_lm(tok), Teacher(tiny_lm(tok)), **{name: value})
