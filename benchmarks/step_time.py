@@ -14,6 +14,9 @@ after the first 20 (start-up and first-step costs excluded) give the median step
 10th-percentile step (``steady``). The process's allocator is set as ``python -m rtd_lab``
 sets it (``--allocator retain``: ``rtd_lab.utils.retain_freed_memory``), for every contender alike;
 ``--allocator default`` measures glibc's default instead.
+"boundaries learned online": RTD with ``data.boundaries=learned_online`` — the boundary classifier
+(``segment:``, trained here if not cached) run on the teacher's states of every batch, as the RTD
+paper trains (its +60 % overhead includes it), teacher online.
 "Cached" contenders read the teacher's outputs from the offline cache (``task=cache``, built here
 if missing, with the default settings: top-16 logits in float16, ``tail=bucket``) on the same
 batches. Peak memory of training, per contender: in a fresh process each (``--memory-steps`` steps),
@@ -50,6 +53,7 @@ from rtd_lab.models.provision import prepare_student, prepare_teacher
 from rtd_lab.optim import warmup_cosine
 from rtd_lab.tasks.settings import build_context, student_settings, teacher_settings
 from rtd_lab.teacher_cache import CacheSpec, TeacherCacheSettings, prepare_teacher_cache, teacher_identity
+from rtd_lab.traces.segment import SegmenterSettings, segmenter_for
 from rtd_lab.utils import retain_freed_memory
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,6 +99,15 @@ def build_cache(cfg, dm, module):
         force_build=True,
     )
     return cache
+
+
+def boundary_classifier(cfg, dm, module):
+    """The boundary classifier of ``segment:`` for this teacher (as ``data.boundaries=learned_online``)."""
+    ctx = build_context(cfg)
+    settings = SegmenterSettings(**OmegaConf.to_container(cfg.segment, resolve=True))
+    key_parts = {"teacher": str(module.teacher.model.name_or_path), "benchmark": ctx.benchmark}
+    clf, _ = segmenter_for(dm.encoded, dm.pad_id, module.teacher.model, ctx.cache_dir, key_parts, settings)
+    return clf
 
 
 def fixed_batches(dm, steps: int) -> list[dict]:
@@ -188,6 +201,15 @@ def setup(args) -> tuple:
     for b in batches:
         b.pop("examples", None)  # python objects: not part of the math
 
+    classifier = boundary_classifier(cfg, dm, rtd_module)
+
+    def with_online_boundaries(st):  # RTD on the same batches, their boundaries found by the classifier
+        rtd_module.use_boundary_classifier(classifier)
+        try:
+            return lightning_run(rtd_module, batches, args.steps, st)
+        finally:
+            rtd_module.__dict__.pop("boundary_classifier", None)
+
     def with_cache(module, st):  # the same module and batches, the teacher read from the cache
         module.teacher_cache = cache
         try:
@@ -199,6 +221,7 @@ def setup(args) -> tuple:
         "rtd_lab standard_kd": lambda st: lightning_run(kd_module, batches, args.steps, st),
         "hand-written standard_kd": lambda st: hand_run(kd_module, batches, args.steps, cfg, st),
         "rtd_lab rtd": lambda st: lightning_run(rtd_module, batches, args.steps, st),
+        "rtd_lab rtd, boundaries learned online": with_online_boundaries,
         "rtd_lab standard_kd, cached teacher": lambda st: with_cache(kd_module, st),
         "rtd_lab rtd, cached teacher": lambda st: with_cache(rtd_module, st),
     }
@@ -277,6 +300,7 @@ def main() -> None:
         "rtd_over_kd_cached_steady": st["rtd_lab rtd, cached teacher"] / st["rtd_lab standard_kd, cached teacher"],
         "rtd_over_kd_cached_p10": fast["rtd_lab rtd, cached teacher"] / fast["rtd_lab standard_kd, cached teacher"],
         "rtd_over_kd_online": med["rtd_lab rtd"] / med["rtd_lab standard_kd"],
+        "rtd_learned_online_over_kd_online": med["rtd_lab rtd, boundaries learned online"] / med["rtd_lab standard_kd"],
         "rtd_over_kd_cached": med["rtd_lab rtd, cached teacher"] / med["rtd_lab standard_kd, cached teacher"],
         "rtd_cached_over_kd_online": med["rtd_lab rtd, cached teacher"] / med["rtd_lab standard_kd"],
         "framework_over_hand_written": med["rtd_lab standard_kd"] / med["hand-written standard_kd"],
@@ -305,6 +329,8 @@ def main() -> None:
         "| measure | value | goal |",
         "|---|---|---|",
         f"| RTD / standard KD, teacher online | {result['rtd_over_kd_online']:.2f} | |",
+        f"| RTD with boundaries learned online / standard KD, teacher online | "
+        f"{result['rtd_learned_online_over_kd_online']:.2f} | |",
         f"| RTD / standard KD, teacher cached | {result['rtd_over_kd_cached']:.2f} | <= 1.15 |",
         f"| RTD cached / standard KD online | {result['rtd_cached_over_kd_online']:.2f} | |",
         f"| RTD / standard KD, teacher cached, median step | {result['rtd_over_kd_cached_steady']:.2f} | <= 1.15 |",

@@ -175,7 +175,7 @@ class DepthCurriculum(Callback):
                 f"{type(pl_module).__name__} has none: use curriculum=none or curriculum.metric=null"
             )
         loader = self.datamodule.stage_val_dataloader(self.stages[stage])
-        first = move_batch(next(iter(loader)), pl_module.device)
+        first = pl_module.with_step_boundaries(move_batch(next(iter(loader)), pl_module.device))
         reported = pl_module.compute_losses(first, pl_module.item_counts(first))
         if metric not in reported:
             raise ValueError(
@@ -185,7 +185,7 @@ class DepthCurriculum(Callback):
             )
         targets, masks = [], []
         for batch in loader:
-            batch = move_batch(batch, pl_module.device)
+            batch = pl_module.with_step_boundaries(move_batch(batch, pl_module.device))
             h = teacher(batch["input_ids"], boundary_pos=batch["boundary_pos"]).boundary_hidden  # (B, K, D_T)
             mask = batch["boundary_mask"]
             if metric == "coherence":
@@ -209,7 +209,7 @@ class DepthCurriculum(Callback):
         pl_module.eval()
         total, n = 0.0, 0
         for batch in self.datamodule.stage_val_dataloader(self.stages[self.stage]):
-            batch = move_batch(batch, pl_module.device)
+            batch = pl_module.with_step_boundaries(move_batch(batch, pl_module.device))
             size = batch["input_ids"].size(0)
             total += float(pl_module.compute_losses(batch, pl_module.item_counts(batch))[metric]) * size
             n += size

@@ -73,3 +73,52 @@ def test_the_decision_threshold_is_tuned_for_f1():
     probs = torch.tensor([0.97, 0.96, 0.8, 0.7, 0.7, 0.6, 0.6, 0.65, 0.75, 0.62])
     gold = torch.tensor([1, 1, 0, 0, 0, 0, 0, 0, 0, 0]).bool()
     assert f1_threshold(probs, gold) == 0.85  # the lowest threshold that keeps only the two: F1 = 1
+
+
+def test_online_boundaries_equal_the_precomputed_ones():
+    """learned_online finds, per batch, the positions predict_boundaries gives the same examples."""
+    import torch
+
+    from rtd_lab.data.batch import Collator
+    from rtd_lab.data.datamodule import ReasoningDataModule
+    from rtd_lab.data.synthetic import SyntheticBenchmark
+    from rtd_lab.data.tokenizer import build_synthetic_tokenizer
+    from rtd_lab.traces.segment import BoundaryClassifier, online_boundaries, predict_boundaries, token_features
+    from tests.test_methods import tiny_lm
+
+    tok = build_synthetic_tokenizer(11)
+    bm = SyntheticBenchmark(modulus=11, max_depth=3, n_train_per_depth=8, n_val_per_depth=2, n_test_per_depth=2)
+    part = ReasoningDataModule.gold(bm, tok, 12, 12).encoded["train"][:12]
+    teacher = tiny_lm(tok, 24, layers=2, seed=1)
+    batch = Collator(tok.pad_token_id)(part)
+    feats = token_features(teacher, batch)
+    torch.manual_seed(0)
+    clf = BoundaryClassifier(feats.size(-1), 16).eval()
+    probs = torch.sigmoid(clf(feats))
+    clf.threshold = float(probs[batch["labels"] != -100].median())  # about half the trace tokens
+    pos, mask = online_boundaries(clf, teacher, batch)
+    want = predict_boundaries(clf, teacher, part, tok.pad_token_id, batch_size=len(part))
+    got = [pos[b][mask[b]].tolist() for b in range(len(part))]
+    assert got == want and any(want) and mask.size(1) == max(map(len, want))
+
+
+def test_rtd_trains_with_the_classifier_online(make_cfg, monkeypatch):
+    """data.boundaries=learned_online with the teacher online: every training and validation batch's
+    boundaries come from the classifier; with an offline cache they are computed once (as learned)."""
+    import rtd_lab.methods.base as base
+
+    calls = []
+    real = base.online_boundaries
+
+    def counting(clf, teacher_model, batch):
+        calls.append(batch["input_ids"].size(0))
+        return real(clf, teacher_model, batch)
+
+    monkeypatch.setattr(base, "online_boundaries", counting)
+    extra = ("segment.epochs=20", "segment.n_train_examples=40", "data.boundaries=learned_online")
+    results = train(make_cfg(*extra, "teacher_cache.mode=off"))
+    assert results["segmenter"]["report"]["heldout_tokens"] > 0
+    assert len(calls) >= results["student"]["steps"]  # each training step, and the validation batches
+    calls.clear()
+    train(make_cfg(*extra, "teacher_cache.mode=build"))
+    assert calls == []

@@ -20,7 +20,7 @@ from rtd_lab.data.example import ReasoningExample
 from rtd_lab.data.segmenters import RULES, rule_boundaries
 
 TRACE_SOURCES = ("gold", "teacher", "rft")
-BOUNDARIES = ("gold", "learned", *RULES)
+BOUNDARIES = ("gold", "learned", "learned_online", *RULES)
 
 Splits = dict[str, list[Encoded]]
 
@@ -83,7 +83,8 @@ def encode_splits(
 
     ``answer_only``: train/val targets without the trace (test prompts are the same either way, and
     scoring always uses the gold steps). ``boundaries``: a rule segmenter's name places the train/val
-    boundaries; "gold" and "learned" keep the benchmark's (the learned ones replace them later).
+    boundaries; "gold", "learned" and "learned_online" keep the benchmark's (the learned ones replace
+    them later, or per batch).
     """
     segmenter = None
     if boundaries in RULES:

@@ -22,6 +22,7 @@ from rtd_lab.losses import IGNORE_INDEX
 from rtd_lab.metrics import ReasoningAccuracy
 from rtd_lab.models.teacher import Teacher, TeacherOutput
 from rtd_lab.teacher_cache import cached_outputs
+from rtd_lab.traces.segment import online_boundaries
 
 
 def rng_states() -> dict:
@@ -193,7 +194,25 @@ class ReasoningModule(L.LightningModule):
         connector = getattr(trainer, "_logger_connector", None)
         return bool(getattr(connector, "should_update_logs", True) or trainer.fast_dev_run)
 
+    def use_boundary_classifier(self, clf: nn.Module) -> None:
+        """Step boundaries found per batch by ``clf`` on the teacher's states (data.boundaries=learned_online).
+        A frozen scorer, as the PRM: not a registered submodule, so neither trained nor checkpointed."""
+        self.__dict__["boundary_classifier"] = clf.to(self.device).eval()
+
+    def with_step_boundaries(self, batch: dict) -> dict:
+        """The batch with the boundary classifier's boundaries, found now on the teacher's states, when
+        the run has one (learned_online); otherwise as it is. Every loss on training or validation
+        batches reads its boundaries through this (the curriculum's checks too)."""
+        clf = self.__dict__.get("boundary_classifier")
+        if clf is None:
+            return batch
+        if next(clf.parameters()).device != self.device:
+            clf.to(self.device)
+        pos, mask = online_boundaries(clf, self.teacher.model, batch)
+        return {**batch, "boundary_pos": pos, "boundary_mask": mask}
+
     def model_step(self, batch: dict, stage: str) -> torch.Tensor:
+        batch = self.with_step_boundaries(batch)
         losses = self.compute_losses(batch, self.item_counts(batch))
         if stage == "train" and not torch.isfinite(losses["loss"].detach()).all():
             # Stop at once: every later step would train on NaN and the run would only fail at the end.

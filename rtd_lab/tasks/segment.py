@@ -11,7 +11,7 @@ from rtd_lab.data.segmenters import RULES
 from rtd_lab.data.training_set import Splits, encode_splits
 from rtd_lab.models.provision import BuildContext, prepare_teacher
 from rtd_lab.tasks.settings import build_context, container, teacher_settings
-from rtd_lab.traces.segment import SegmenterSettings, apply_learned_boundaries, set_prf
+from rtd_lab.traces.segment import SegmenterSettings, apply_learned_boundaries, segmenter_for, set_prf
 from rtd_lab.utils import atomic_write_json, atomic_write_text
 
 
@@ -21,6 +21,14 @@ def learned_boundaries(cfg: DictConfig, ctx: BuildContext, splits: Splits, pad_i
     key_parts = {"teacher": str(teacher.model.name_or_path), "benchmark": ctx.benchmark}
     settings = SegmenterSettings(**container(cfg.segment))
     return apply_learned_boundaries(splits, pad_id, teacher.model, ctx.cache_dir, key_parts, settings)
+
+
+def boundary_classifier(cfg: DictConfig, ctx: BuildContext, splits: Splits, pad_id: int, teacher):
+    """The boundary classifier of ``segment:`` (trained or loaded) and its info, to run per batch
+    (``data.boundaries=learned_online``)."""
+    key_parts = {"teacher": str(teacher.model.name_or_path), "benchmark": ctx.benchmark}
+    settings = SegmenterSettings(**container(cfg.segment))
+    return segmenter_for(splits, pad_id, teacher.model, ctx.cache_dir, key_parts, settings)
 
 
 def run_segment(cfg: DictConfig) -> dict:

@@ -35,7 +35,7 @@ from rtd_lab.results import depth_table, environment, train_set_stats
 from rtd_lab.rundir import check_checkpoint, claim_run_dir
 from rtd_lab.tasks.export import command_line, export_student
 from rtd_lab.tasks.rft import rft_dataset
-from rtd_lab.tasks.segment import learned_boundaries
+from rtd_lab.tasks.segment import boundary_classifier, learned_boundaries
 from rtd_lab.tasks.settings import build_context, container, method_name, student_settings, teacher_settings
 from rtd_lab.teacher_cache import CacheSpec, TeacherCache, TeacherCacheSettings, prepare_teacher_cache, teacher_identity
 from rtd_lab.traces.teacher import examples_from_dataset, teacher_traces
@@ -112,9 +112,15 @@ def prepare(cfg: DictConfig, out_dir: Path | None = None) -> Prepared:
     if train_examples is not None:
         timings["teacher_traces"] = round(time.time() - t_traces, 1)
     splits = build_splits(data, tokenizer, train_examples)
-    segmenter_info = None
-    if data.boundaries == "learned":  # the RTD paper's boundary classifier on teacher hidden states
+    segmenter_info, segmenter = None, None
+    # The RTD paper's boundary classifier on teacher hidden states. learned_online runs it on every
+    # batch's teacher states; with an offline teacher cache its boundaries are computed once instead
+    # (a function of the frozen teacher and the trace: the cache holds the states at them), as learned.
+    online = data.boundaries == "learned_online" and cfg.teacher_cache.mode == "off"
+    if data.boundaries == "learned" or (data.boundaries == "learned_online" and not online):
         splits, segmenter_info = learned_boundaries(cfg, ctx, splits, tokenizer.pad_token_id, teacher)
+    elif online:
+        segmenter, segmenter_info = boundary_classifier(cfg, ctx, splits, tokenizer.pad_token_id, teacher)
     datamodule = ReasoningDataModule.from_settings(data, splits, tokenizer.pad_token_id)
 
     evaluator = Evaluator(tokenizer, benchmark)
@@ -126,6 +132,8 @@ def prepare(cfg: DictConfig, out_dir: Path | None = None) -> Prepared:
         optimizer=hydra.utils.instantiate(cfg.optim.optimizer),
         scheduler=hydra.utils.instantiate(cfg.optim.scheduler),
     )
+    if segmenter is not None:
+        module.use_boundary_classifier(segmenter)
     return Prepared(
         data,
         datamodule,

@@ -9,7 +9,9 @@ on training-split traces, and reported with token-level precision, recall and F1
 traces it never saw. Cached on disk by a hash of the teacher, the benchmark and its settings.
 
 ``data.boundaries`` picks the source RTD (and every boundary-based loss) trains with: ``gold``,
-``learned``, or a rule name.
+``learned`` (the classifier's boundaries computed once, with the data), ``learned_online`` (the
+classifier run on the teacher's states of every batch, as the RTD paper trains: ``online_boundaries``),
+or a rule name.
 """
 
 from __future__ import annotations
@@ -166,6 +168,26 @@ def predict_boundaries(
     return out
 
 
+@torch.no_grad()
+def online_boundaries(clf, teacher_model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """The classifier's boundaries for a training batch, from the teacher's states of that batch:
+    (B, K) positions and (B, K) mask, K the most any row has (>= 1). The same positions as
+    ``predict_boundaries`` gives the batch's examples: completion tokens (labelled, not <eos>)
+    with P >= the classifier's threshold."""
+    input_ids = batch["input_ids"]
+    B, T = input_ids.shape
+    probs = torch.sigmoid(clf(token_features(teacher_model, batch)))  # (B, T)
+    last = batch["attention_mask"].sum(1, keepdim=True) - 1  # the <eos> of each row
+    completion = (batch["labels"] != -100) & (torch.arange(T, device=input_ids.device) < last)
+    hit = (probs >= clf.threshold) & completion
+    counts = hit.sum(1)
+    K = max(1, int(counts.max()))
+    # Row-wise positions of the hits, in order: sort the hit positions first (stable), keep K columns.
+    order = torch.argsort((~hit).to(torch.int8), dim=1, stable=True)[:, :K]
+    mask = torch.arange(K, device=input_ids.device) < counts[:, None]
+    return torch.where(mask, order, torch.zeros_like(order)), mask
+
+
 @dataclass(frozen=True)
 class SegmenterSettings:
     """The config's ``segment:`` block; its defaults live in conf/config.yaml."""
@@ -175,16 +197,13 @@ class SegmenterSettings:
     epochs: int
 
 
-def apply_learned_boundaries(
-    splits: Splits, pad_id: int, teacher_model, cache_dir, key_parts: dict, settings: SegmenterSettings
-) -> tuple[Splits, dict]:
-    """Train (or load) the classifier on gold boundaries, then give the train and val splits its
-    predicted boundaries instead. Returns the new splits and the classifier's info (cache path,
-    held-out report)."""
+def segmenter_for(splits: Splits, pad_id: int, teacher_model, cache_dir, key_parts: dict, settings: SegmenterSettings):
+    """The classifier of ``settings``, trained on gold boundaries of training traces (or loaded), and its
+    info (cache path, held-out report)."""
     n = settings.n_train_examples
     train = splits["train"]
     train = train[:: max(1, len(train) // n)][:n]  # evenly over the (depth-ordered) split
-    clf, info = load_or_train_segmenter(
+    return load_or_train_segmenter(
         teacher_model,
         train,
         splits["val"],
@@ -194,6 +213,15 @@ def apply_learned_boundaries(
         hidden=settings.hidden,
         epochs=settings.epochs,
     )
+
+
+def apply_learned_boundaries(
+    splits: Splits, pad_id: int, teacher_model, cache_dir, key_parts: dict, settings: SegmenterSettings
+) -> tuple[Splits, dict]:
+    """Train (or load) the classifier on gold boundaries, then give the train and val splits its
+    predicted boundaries instead. Returns the new splits and the classifier's info (cache path,
+    held-out report)."""
+    clf, info = segmenter_for(splits, pad_id, teacher_model, cache_dir, key_parts, settings)
     for split in ("train", "val"):
         splits = with_boundaries(splits, split, predict_boundaries(clf, teacher_model, splits[split], pad_id))
     return splits, info
