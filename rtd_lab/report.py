@@ -320,9 +320,10 @@ def build_report(
     }
 
 
-def _block(run: dict, within: list[str]) -> str:
-    """The config entries of ``run`` under the ``within`` prefixes, as a hashable key."""
-    flat = flatten(run.get("config") or {})
+def _block(run: dict, within: list[str], followers: set[str]) -> str:
+    """The arm config entries of ``run`` under the ``within`` prefixes (the seed and what follows it,
+    such as ``student.base.seed``, left out), as a hashable key."""
+    flat = _arm_config(run, followers)
     picked = {k: v for k, v in flat.items() if any(k == p or k.startswith(p + ".") for p in within)}
     return json.dumps(picked, sort_keys=True, default=str)
 
@@ -333,8 +334,9 @@ def _baseline_arms(arms: dict[str, list[dict]], baseline: str, within: list[str]
         base = _baseline_arm(arms, baseline)
         return {name: base for name in arms} if base is not None else {}
     blocks: dict[str, dict[str, list[dict]]] = defaultdict(dict)
+    followers = _seed_followers([r for rs in arms.values() for r in rs])
     for name, rs in arms.items():
-        blocks[_block(rs[0], within)][name] = rs
+        blocks[_block(rs[0], within, followers)][name] = rs
     bases = {}
     for members in blocks.values():
         base = _baseline_arm(members, baseline)

@@ -197,9 +197,15 @@ def test_within_compares_each_arm_with_the_baseline_of_its_block():
     noise = [0.01, -0.01, 0.0, 0.005, -0.005]
     runs = []
     for w in (32, 48):
-        student = {"model": {"hidden_size": w}}
-        runs += [_run("standard_kd", s, v, student=student) for s, v in enumerate(kd[w])]
-        runs += [_run("rtd", s, v + gains[w] + noise[s], student=student) for s, v in enumerate(kd[w])]
+        # Each seed has its own base checkpoint (student.base.seed follows the seed): not a block of its own.
+        runs += [
+            _run("standard_kd", s, v, student={"model": {"hidden_size": w}, "base": {"seed": s}})
+            for s, v in enumerate(kd[w])
+        ]
+        runs += [
+            _run("rtd", s, v + gains[w] + noise[s], student={"model": {"hidden_size": w}, "base": {"seed": s}})
+            for s, v in enumerate(kd[w])
+        ]
     rep = build_report(runs, [], within=["student"])
     assert rep["baseline_arms"]["rtd[student.model.hidden_size=32]"] == "standard_kd[student.model.hidden_size=32]"
     assert rep["baseline_arms"]["rtd[student.model.hidden_size=48]"] == "standard_kd[student.model.hidden_size=48]"
