@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 from pathlib import Path
 
@@ -31,6 +32,10 @@ def test_the_paper_sweeps_exist():
         "rtd,ablation_no_coherence,ablation_no_alignment,ablation_no_curriculum"
     )
     assert SWEEPS["rtd_layers"]["teacher.layer"] == "-1,1,mean"
+    assert SWEEPS["student_sizes"]["+experiment@_global_"] == "standard_kd,rtd"
+    assert SWEEPS["student_sizes"]["student"] == "small,tiny,medium"
+    grid = SWEEPS["rtd_weight_grid"]
+    assert len(grid["method.w_align"].split(",")) >= 3 and len(grid["method.w_coherence"].split(",")) >= 3
     for params in SWEEPS.values():  # seeds are the unit of replication: fewer than 5 is a pilot
         assert params["seed"] == "0,1,2,3,4"
 
@@ -94,7 +99,8 @@ SWEEP_EXTRA = {
 # make test-slow, keeping make test within its budget.
 # ablations' sweep is its four arms, each trained above; rtd_layers' is rtd three times (its "mean"
 # layer is trained in tests/test_methods.py): slow too. paper_table's stays, the sweep path's check.
-SLOW_SWEEPS = {"rft_table", "ablations", "rtd_layers"}
+# student_sizes (KD and RTD at three sizes) and rtd_weight_grid (RTD nine times) likewise.
+SLOW_SWEEPS = {"rft_table", "ablations", "rtd_layers", "student_sizes", "rtd_weight_grid"}
 SWEEP_PARAMS = [pytest.param(s, marks=pytest.mark.slow) if s in SLOW_SWEEPS else s for s in sorted(SWEEPS)]
 
 
@@ -113,10 +119,13 @@ def test_sweep_runs_every_arm_in_one_group_with_one_teacher(tmp_path, sweep):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("multirun/*/*/*/results.json"))]
-    arms = SWEEPS[sweep]["+experiment@_global_"].split(",")
-    layers = str(SWEEPS[sweep].get("teacher.layer", "-1")).split(",")  # rtd_layers sweeps the teacher layer
-    assert [r["run"] for r in runs] == [a for a in arms for _ in layers]
-    assert [str(r["config"]["teacher"]["layer"]) for r in runs] == layers * len(arms)
+    params = SWEEPS[sweep]
+    arms = params["+experiment@_global_"].split(",")
+    # Other swept settings (a teacher layer, a student size, loss weights): every arm at each of their combinations.
+    combos = math.prod(len(str(v).split(",")) for k, v in params.items() if k not in ("seed", "+experiment@_global_"))
+    assert [r["run"] for r in runs] == [a for a in arms for _ in range(combos)]
+    layers = str(params.get("teacher.layer", "-1")).split(",")  # rtd_layers sweeps the teacher layer
+    assert [str(r["config"]["teacher"]["layer"]) for r in runs] == layers * (len(runs) // len(layers))
     assert {r["config"]["group"] for r in runs} == {sweep}
     teachers = len(list((tmp_path / "cache" / "teachers").glob("[!.]*")))
     if sweep == "rft_table":  # every arm trains on the same number of examples; rft_mixed adds a checkpoint
