@@ -262,6 +262,10 @@ def test_rollouts_every_k_steps_give_each_step_its_own_set(make_cfg, monkeypatch
         _expected_prm_loss(module, sb, r), rel=1e-4, abs=1e-6
     )
     assert len(set(seen)) == 4  # every step had its own samples
+    module.eval()  # validation draws for its own batch and leaves the training sets alone
+    waiting = len(module._rollouts)
+    module.compute_losses(batch, module.item_counts(batch))
+    assert len(module._rollouts) == waiting and rows[-1] == n_q
 
 
 def test_rollout_every_is_checked(make_cfg):

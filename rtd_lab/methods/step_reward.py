@@ -26,11 +26,12 @@ Each training step, for the batch's questions x:
      ``w_reward = 0`` is exactly standard KD.
 
 ``rollout_every = k > 1`` samples as PPO-style trainers do: one ``generate`` call every k steps
-draws k traces for each question of that step's batch (the student's token-by-token decoding costs
-per call, hardly per row), the PRM scores them at once, and each of the next k steps trains on one
-of the k sets (0..k-1 optimiser steps old). Every step still has one sample per question and its
-own advantages; k = 1 is the on-policy original. The sets waiting are not checkpointed: a resumed
-run draws afresh at its first step.
+draws k traces for each question of that step's batch (decoding runs position by position, and k
+sets drawn together cost less than k draws: docs/scale.md), the PRM scores them at once, and each of
+the next k training steps trains on one of the k sets (0..k-1 optimiser steps old). Every step still
+has one sample per question and its own advantages; k = 1 is the on-policy original. Validation
+always draws for its own batch. The sets waiting are not checkpointed: a resumed run draws afresh at
+its first step.
 
 The separator token closing a step, and the answer after "####" (with <eos>), are credited to
 the step they close, so the decision to stop is rewarded with the last step. Logged: the mean PRM
@@ -162,6 +163,9 @@ class StepReward(StandardKD):
     def next_rollout(self, batch: dict):
         """This step's samples and their PRM rewards: drawn now (rollout_every = 1), or the next of the
         sets drawn at the last refill (see the module docstring)."""
+        if not self.training:  # validation: the batch's own questions, never the training sets
+            sampled = self.sample(batch)
+            return sampled, self.prm.score(self.teacher.model, sampled)
         if not self._rollouts:
             k = self.rollout_every
             sampled = self.sample(batch, copies=k)
