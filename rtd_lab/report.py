@@ -307,7 +307,7 @@ def build_report(
         selection = {"by": select_by, "arm": ranked[0][0], "ranking": [list(item) for item in ranked]}
     return {
         "depths": depths,
-        "baseline": (named[0] if len(named) == 1 and not within else baseline) if named else None,
+        "baseline": None if not named else baseline if within else named[0],  # the one arm, or the blocks' name
         "within": list(within) if within else None,
         "baseline_arms": bases,
         "teacher": teacher,
