@@ -175,7 +175,7 @@ def online_boundaries(clf, teacher_model, batch: dict) -> tuple[torch.Tensor, to
     ``predict_boundaries`` gives the batch's examples: completion tokens (labelled, not <eos>)
     with P >= the classifier's threshold."""
     input_ids = batch["input_ids"]
-    B, T = input_ids.shape
+    T = input_ids.size(1)
     probs = torch.sigmoid(clf(token_features(teacher_model, batch)))  # (B, T)
     last = batch["attention_mask"].sum(1, keepdim=True) - 1  # the <eos> of each row
     completion = (batch["labels"] != -100) & (torch.arange(T, device=input_ids.device) < last)
