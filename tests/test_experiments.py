@@ -27,7 +27,7 @@ SINGLE = sorted(set(FILES) - set(SWEEPS))
 
 
 def test_the_paper_sweeps_exist():
-    assert SWEEPS["paper_table"]["+experiment@_global_"] == "standard_kd,fitnets,cot_ft,step_reward,rtd"
+    assert SWEEPS["paper_table"]["+experiment@_global_"] == "standard_kd,fitnets,cot_ft,step_reward,rtd_tuned"
     assert SWEEPS["ablations"]["+experiment@_global_"] == (
         "rtd,ablation_no_coherence,ablation_no_alignment,ablation_no_curriculum"
     )
@@ -38,6 +38,16 @@ def test_the_paper_sweeps_exist():
     assert len(grid["method.w_align"].split(",")) >= 3 and len(grid["method.w_coherence"].split(",")) >= 3
     for params in SWEEPS.values():  # seeds are the unit of replication: fewer than 5 is a pilot
         assert params["seed"] == "0,1,2,3,4"
+
+
+def test_the_paper_table_runs_rtd_with_the_weights_the_grid_chose(make_cfg):
+    """rtd_tuned is RTD with the validation-chosen weights (experiments/rtd_weight_grid), nothing else."""
+    tuned, paper = make_cfg("+experiment=rtd_tuned"), make_cfg("+experiment=rtd")
+    assert (tuned.method.w_align, tuned.method.w_coherence) == (0.3, 1.5)
+    assert (paper.method.w_align, paper.method.w_coherence) == (0.3, 0.5)  # the method as published
+    assert tuned.run_name == paper.run_name == "rtd"
+    tuned.method.w_coherence = paper.method.w_coherence
+    assert OmegaConf.to_container(tuned.method) == OmegaConf.to_container(paper.method)
 
 
 @pytest.mark.parametrize("name", SINGLE)
@@ -123,7 +133,8 @@ def test_sweep_runs_every_arm_in_one_group_with_one_teacher(tmp_path, sweep):
     arms = params["+experiment@_global_"].split(",")
     # Other swept settings (a teacher layer, a student size, loss weights): every arm at each of their combinations.
     combos = math.prod(len(str(v).split(",")) for k, v in params.items() if k not in ("seed", "+experiment@_global_"))
-    assert [r["run"] for r in runs] == [a for a in arms for _ in range(combos)]
+    runs_of = {"rtd_tuned": "rtd"}  # an experiment file that only sets a method's weights keeps its name
+    assert [r["run"] for r in runs] == [runs_of.get(a, a) for a in arms for _ in range(combos)]
     layers = str(params.get("teacher.layer", "-1")).split(",")  # rtd_layers sweeps the teacher layer
     assert [str(r["config"]["teacher"]["layer"]) for r in runs] == layers * (len(runs) // len(layers))
     assert {r["config"]["group"] for r in runs} == {sweep}
