@@ -180,15 +180,29 @@ def group_arms(runs: list[dict]) -> dict[str, list[dict]]:
         by_name[rs[0].get("run", rs[0]["method"])].append(key)
     arms: dict[str, list[dict]] = {}
     for name, keys in by_name.items():
-        union = set().union(*(configs[key] for key in keys))
-        first = configs[keys[0]]
-        differing = sorted(k for k in union if any(configs[key].get(k, k) != first.get(k, k) for key in keys))
-        for key in keys:
-            label = name
-            if len(keys) > 1:
-                label += "[" + ", ".join(f"{k}={configs[key].get(k)}" for k in differing) + "]"
+        labels = _arm_labels(name, [configs[key] for key in keys])
+        for key, label in zip(keys, labels, strict=True):
             arms[label] = sorted(groups[key], key=lambda r: r["seed"])
     return arms
+
+
+def _arm_labels(name: str, configs: list[dict]) -> list[str]:
+    """``name[k=v, ...]`` for each of the configs of one run name, with the entries that set them apart.
+
+    Shown first: only the entries every config has (runs of an older rtd_lab lack settings added
+    since, and a class path that moved is not a setting), when those alone tell the arms apart;
+    otherwise every entry that differs."""
+    if len(configs) == 1:
+        return [name]
+    union = set().union(*configs)
+    first = configs[0]
+    differing = sorted(k for k in union if any(c.get(k, k) != first.get(k, k) for c in configs))
+    shared = [k for k in differing if all(k in c for c in configs) and not k.endswith("_target_")]
+    for keys in (shared, differing):
+        labels = [name + "[" + ", ".join(f"{k}={c.get(k)}" for k in keys) + "]" for c in configs]
+        if keys and len(set(labels)) == len(labels):
+            return labels
+    return labels
 
 
 def _with_deep(metrics: dict[str, float], depths: list[int]) -> dict[str, float]:

@@ -138,6 +138,17 @@ def test_arms_are_configs_minus_the_seed():
     assert all(len(rs) == 2 for rs in arms.values())  # data.seed = the seed and the run dir do not split arms
 
 
+def test_an_arm_label_leaves_out_settings_an_older_run_lacks():
+    """Runs of an older rtd_lab have no entry for settings added since: the label names what was set."""
+    old = [_run("rtd", s, 0.5, method={"w_coherence": 0.5, "name": "rtd"}, data={"_target_": "a.Old"}) for s in (0, 1)]
+    new = [_run("rtd", s, 0.6, method={"w_coherence": 1.5}, data={"_target_": "b.New"}, export={"enabled": True})
+           for s in (0, 1)]  # fmt: skip
+    assert sorted(group_arms(old + new)) == ["rtd[method.w_coherence=0.5]", "rtd[method.w_coherence=1.5]"]
+    # nothing else tells them apart: every difference is shown
+    alike = [_run("rtd", s, 0.6, method={"w_coherence": 1.5}, export={"enabled": True}) for s in (0, 1)]
+    assert sorted(group_arms(new + alike)) == ["rtd[data._target_=None]", "rtd[data._target_=b.New]"]
+
+
 def test_a_constant_seed_setting_does_not_split_seed_zero_off():
     """data.benchmark.seed = 0 in every run equals seed 0's own seed, and is still not the seed."""
     runs = [_run("cot_ft", s, 0.6, data={"seed": s, "benchmark": {"seed": 0}}, teacher={"train": {"seed": 0}})
