@@ -16,6 +16,7 @@ from transformers import GenerationConfig
 from rtd_lab.data.batch import move_batch
 from rtd_lab.data.example import ReasoningExample
 from rtd_lab.metrics import ReasoningAccuracy
+from rtd_lab.models.decode import decode
 
 
 @dataclass
@@ -74,7 +75,8 @@ class Evaluator:
     def generate(self, model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> list[str]:
         was_training = model.training
         model.eval()
-        out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=self.generation_config)
+        gen = self.generation_config  # greedy; exported with the student (generation_config.json)
+        out = decode(model, prompt_ids, prompt_mask, gen.max_new_tokens, gen.eos_token_id, gen.pad_token_id)
         model.train(was_training)
         return self.tokenizer.batch_decode(out[:, prompt_ids.shape[1] :], skip_special_tokens=True)
 

@@ -231,18 +231,20 @@ def test_prm_objective_is_the_advantage_weighted_step_nll(make_cfg):
 
 
 def test_rollouts_every_k_steps_give_each_step_its_own_set(make_cfg, monkeypatch):
-    """rollout_every=3: one generate call (3 samples per question) and one PRM pass serve 3 steps;
+    """rollout_every=3: one decoding call (3 samples per question) and one PRM pass serve 3 steps;
     each step trains on its own set of one sample per question, with the objective of k = 1."""
     module, dm, scores = _module_with_fixed_prm(make_cfg, "method.rollout_every=3")
     batches = iter(dm.train_dataloader())
-    generate = module.student.generate
+    import rtd_lab.methods.step_reward as step_reward
+
     rows = []
 
-    def counting_generate(*args, **kwargs):
-        rows.append(kwargs["input_ids"].size(0))
-        return generate(*args, **kwargs)
+    def counting_decode(model, prompt_ids, *args, **kwargs):
+        rows.append(prompt_ids.size(0))
+        return decode(model, prompt_ids, *args, **kwargs)
 
-    monkeypatch.setattr(module.student, "generate", counting_generate)
+    decode = step_reward.decode
+    monkeypatch.setattr(step_reward, "decode", counting_decode)
     torch.manual_seed(0)
     seen = []
     for _ in range(4):

@@ -25,7 +25,7 @@ Each training step, for the batch's questions x:
      with L_KD the standard-KD term on the gold traces (alpha, T as in ``standard_kd``).
      ``w_reward = 0`` is exactly standard KD.
 
-``rollout_every = k > 1`` samples as PPO-style trainers do: one ``generate`` call every k steps
+``rollout_every = k > 1`` samples as PPO-style trainers do: one decoding call every k steps
 draws k traces for each question of that step's batch (decoding runs position by position, and k
 sets drawn together cost less than k draws: docs/scale.md), the PRM scores them at once, and each of
 the next k training steps trains on one of the k sets (0..k-1 optimiser steps old). Every step still
@@ -45,10 +45,10 @@ from typing import Any
 
 import hydra
 import torch
-from transformers import GenerationConfig
 
 from rtd_lab.methods.base import ItemCounts, check_weights
 from rtd_lab.methods.standard_kd import StandardKD
+from rtd_lab.models.decode import decode
 from rtd_lab.prm import PRMConfig, load_or_train_prm, marker_ids, pack_samples, token_logprobs
 
 ADVANTAGES = ("normalized", "centered", "raw")
@@ -144,17 +144,18 @@ class StepReward(StandardKD):
         n = batch["prompt_ids"].size(0) if self.samples_per_batch is None else self.samples_per_batch
         prompt_ids, prompt_mask = batch["prompt_ids"][:n].repeat(copies, 1), batch["prompt_mask"][:n].repeat(copies, 1)
         tokenizer = self.evaluator.tokenizer
-        gen = GenerationConfig(
-            do_sample=True,
-            temperature=self.sample_temperature,
-            top_k=0,
-            max_new_tokens=self.evaluator.benchmark.max_completion_tokens(),
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-        )
         was_training = self.student.training
         self.student.eval()
-        out = self.student.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=gen)
+        out = decode(  # what generate(do_sample, temperature, top_k=0) draws, without its per-token overhead
+            self.student,
+            prompt_ids,
+            prompt_mask,
+            self.evaluator.benchmark.max_completion_tokens(),
+            tokenizer.eos_token_id,
+            tokenizer.pad_token_id,
+            do_sample=True,
+            temperature=self.sample_temperature,
+        )
         self.student.train(was_training)
         examples = list(batch["examples"][:n]) * copies
         packed = pack_samples(prompt_ids, prompt_mask, out, examples, tokenizer, *self._markers)
