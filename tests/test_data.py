@@ -164,6 +164,26 @@ def test_training_set_is_built_before_the_datamodule_which_serves_every_split():
     assert all(x.boundary_pos == [1] for x in moved["val"]) and moved["train"] is splits["train"]
 
 
+def test_train_max_depth_trains_and_validates_on_short_chains_and_tests_on_all():
+    bm, tok = SyntheticBenchmark(**SMALL), build_synthetic_tokenizer(23)
+    data = replace(data_settings(bm), train_max_depth=2, max_train_examples=50)
+    splits = build_splits(data, tok)
+    assert {x.example.depth for x in splits["train"]} == {1, 2} and len(splits["train"]) == 50
+    assert {x.example.depth for x in splits["val"]} == {1, 2}
+    assert {x.example.depth for x in splits["test"]} == {1, 2, 3, 4}  # the long chains are the test
+    with pytest.raises(ValueError, match="data.train_max_depth must be >= 1"):
+        replace(data, train_max_depth=0)  # the range check names the field
+    with pytest.raises(ValueError, match="below the benchmark's shallowest"):
+        replace(data_settings(SyntheticBenchmark(**SMALL, min_depth=2)), train_max_depth=1)
+
+
+def test_train_max_depth_below_the_shallowest_chains_fails_before_any_work(make_cfg):
+    from rtd_lab.tasks.preflight import check_config
+
+    with pytest.raises(ValueError, match="data.train_max_depth=1 is below"):
+        check_config(make_cfg("data.benchmark.min_depth=2", "data.train_max_depth=1"))
+
+
 def test_length_buckets_cover_every_example_once_per_epoch_and_pad_less():
     from rtd_lab.data.samplers import LengthBucketBatchSampler
 

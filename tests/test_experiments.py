@@ -109,8 +109,12 @@ SWEEP_EXTRA = {
 # make test-slow, keeping make test within its budget.
 # ablations' sweep is its four arms, each trained above; rtd_layers' is rtd three times (its "mean"
 # layer is trained in tests/test_methods.py): slow too. paper_table's stays, the sweep path's check.
-# student_sizes (KD and RTD at three sizes), rtd_weight_grid (RTD nine times) and fitnets_deep_teacher likewise.
-SLOW_SWEEPS = {"rft_table", "ablations", "rtd_layers", "student_sizes", "rtd_weight_grid", "fitnets_deep_teacher"}
+# student_sizes (KD and RTD at three sizes), rtd_weight_grid (RTD nine times), fitnets_deep_teacher and
+# length_generalisation likewise.
+SLOW_SWEEPS = {
+    "rft_table", "ablations", "rtd_layers", "student_sizes", "rtd_weight_grid", "fitnets_deep_teacher",
+    "length_generalisation",
+}  # fmt: skip
 SWEEP_PARAMS = [pytest.param(s, marks=pytest.mark.slow) if s in SLOW_SWEEPS else s for s in sorted(SWEEPS)]
 
 

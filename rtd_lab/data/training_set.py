@@ -11,6 +11,7 @@ are produced by the train task and handed in; learned boundaries replace a split
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ class DataSettings:
     answer_only: bool  # supervise "question → #### answer" with no trace (train and val)
     trace_source: str  # gold | teacher | rft | the folder of a SAMPLE/FILTER dataset
     max_train_examples: int | None  # a fixed-seed subset of the training split; None: all of it
+    train_max_depth: int | None  # train and validate on chains of at most this depth (test keeps all)
     boundaries: str  # gold | learned | a rule segmenter (rtd_lab.data.segmenters)
 
     @classmethod
@@ -60,8 +62,24 @@ class DataSettings:
             raise ValueError(f"data.boundaries must be one of {list(BOUNDARIES)}, got {self.boundaries!r}")
         if self.max_train_examples is not None and self.max_train_examples < 1:
             raise ValueError(f"data.max_train_examples must be >= 1 or null, got {self.max_train_examples}")
+        if self.train_max_depth is not None and self.train_max_depth < 1:
+            raise ValueError(f"data.train_max_depth must be >= 1 or null, got {self.train_max_depth}")
+        shallowest = _shallowest(self.benchmark)
+        if self.train_max_depth is not None and shallowest is not None and self.train_max_depth < shallowest:
+            raise ValueError(
+                f"data.train_max_depth={self.train_max_depth} is below the benchmark's shallowest chains "
+                f"(depth {shallowest}): nothing to train on"
+            )
         if not isinstance(self.order_family, int) or self.order_family < 0:
             raise ValueError(f"data.order_family must be an integer >= 0, got {self.order_family!r}")
+
+
+def _shallowest(benchmark) -> int | None:
+    """The benchmark's smallest depth: from its settings (before it is built) or the built object."""
+    if isinstance(benchmark, Mapping):
+        return benchmark.get("min_depth", 1 if "max_depth" in benchmark else None)
+    depths = getattr(benchmark, "depths", None)
+    return min(depths) if depths else None
 
 
 def subset(examples: list[ReasoningExample], n: int, source: str = "gold") -> list[ReasoningExample]:
@@ -105,7 +123,9 @@ def build_splits(data: DataSettings, tokenizer, train_examples: list[ReasoningEx
     """The encoded train / val / test splits of ``data``.
 
     ``train_examples``: the training traces when ``data.trace_source`` is not "gold" (same questions,
-    other traces; validation and test keep the gold steps). ``data.max_train_examples`` subsets them.
+    other traces; validation and test keep the gold steps). ``data.train_max_depth`` keeps the
+    training and validation chains up to that depth (length generalisation: the test split keeps every
+    depth), then ``data.max_train_examples`` subsets the training ones.
     """
     benchmark = data.benchmark
     splits = dict(benchmark.splits())
@@ -113,6 +133,9 @@ def build_splits(data: DataSettings, tokenizer, train_examples: list[ReasoningEx
         if train_examples is None:
             raise ValueError(f"data.trace_source={data.trace_source}: build_splits needs its training examples")
         splits["train"] = train_examples
+    if data.train_max_depth is not None:
+        for name in ("train", "val"):
+            splits[name] = [ex for ex in splits.get(name, []) if ex.depth <= data.train_max_depth]
     if data.max_train_examples is not None:
         splits["train"] = subset(splits["train"], data.max_train_examples, data.trace_source)
     for name in ("train", "test"):  # an empty split would "succeed" with 0.000 over 0 questions

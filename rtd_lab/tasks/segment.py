@@ -18,14 +18,14 @@ from rtd_lab.utils import atomic_write_json, atomic_write_text
 def learned_boundaries(cfg: DictConfig, ctx: BuildContext, splits: Splits, pad_id: int, teacher) -> tuple[Splits, dict]:
     """The boundary classifier of ``segment:`` (trained or loaded) gives the train and val splits its
     boundaries; returns the new splits and its info."""
-    key_parts = {"teacher": str(teacher.model.name_or_path), "benchmark": ctx.benchmark}
-    settings = SegmenterSettings(**container(cfg.segment))
-    return apply_learned_boundaries(splits, pad_id, teacher.model, ctx.cache_dir, key_parts, settings)
+    clf, info = boundary_classifier(cfg, ctx, splits, pad_id, teacher)
+    return apply_learned_boundaries(splits, pad_id, teacher.model, clf), info
 
 
 def boundary_classifier(cfg: DictConfig, ctx: BuildContext, splits: Splits, pad_id: int, teacher):
-    """The boundary classifier of ``segment:`` (trained or loaded) and its info, to run per batch
-    (``data.boundaries=learned_online``)."""
+    """The boundary classifier of ``segment:`` (trained on the splits' gold boundaries, or loaded from
+    its cache) and its info (cache path, held-out report); ``data.boundaries=learned_online`` runs it
+    per batch."""
     key_parts = {"teacher": str(teacher.model.name_or_path), "benchmark": ctx.benchmark}
     settings = SegmenterSettings(**container(cfg.segment))
     return segmenter_for(splits, pad_id, teacher.model, ctx.cache_dir, key_parts, settings)

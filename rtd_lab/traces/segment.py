@@ -215,16 +215,12 @@ def segmenter_for(splits: Splits, pad_id: int, teacher_model, cache_dir, key_par
     )
 
 
-def apply_learned_boundaries(
-    splits: Splits, pad_id: int, teacher_model, cache_dir, key_parts: dict, settings: SegmenterSettings
-) -> tuple[Splits, dict]:
-    """Train (or load) the classifier on gold boundaries, then give the train and val splits its
-    predicted boundaries instead. Returns the new splits and the classifier's info (cache path,
-    held-out report)."""
-    clf, info = segmenter_for(splits, pad_id, teacher_model, cache_dir, key_parts, settings)
+def apply_learned_boundaries(splits: Splits, pad_id: int, teacher_model, clf) -> Splits:
+    """The train and val splits with the boundaries the classifier ``clf`` (``segmenter_for``) predicts
+    from the teacher's states, instead of the gold ones."""
     for split in ("train", "val"):
         splits = with_boundaries(splits, split, predict_boundaries(clf, teacher_model, splits[split], pad_id))
-    return splits, info
+    return splits
 
 
 def set_prf(predicted: list[set[int]], gold: list[set[int]]) -> dict:
