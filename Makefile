@@ -38,6 +38,7 @@ test-slow: install-dev
 bench: install
 	$(BIN)/python benchmarks/sampling.py
 	$(BIN)/python benchmarks/step_time.py
+	$(BIN)/python benchmarks/decoding.py
 	$(BIN)/python benchmarks/parsing.py
 	$(BIN)/python benchmarks/kd_memory.py
 

@@ -51,9 +51,9 @@ from rtd_lab.data.datamodule import ReasoningDataModule
 from rtd_lab.data.training_set import build_splits
 from rtd_lab.models.provision import prepare_student, prepare_teacher
 from rtd_lab.optim import warmup_cosine
+from rtd_lab.tasks.segment import boundary_classifier as classifier_of_config
 from rtd_lab.tasks.settings import build_context, student_settings, teacher_settings
 from rtd_lab.teacher_cache import CacheSpec, TeacherCacheSettings, prepare_teacher_cache, teacher_identity
-from rtd_lab.traces.segment import SegmenterSettings, segmenter_for
 from rtd_lab.utils import retain_freed_memory
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,10 +103,7 @@ def build_cache(cfg, dm, module):
 
 def boundary_classifier(cfg, dm, module):
     """The boundary classifier of ``segment:`` for this teacher (as ``data.boundaries=learned_online``)."""
-    ctx = build_context(cfg)
-    settings = SegmenterSettings(**OmegaConf.to_container(cfg.segment, resolve=True))
-    key_parts = {"teacher": str(module.teacher.model.name_or_path), "benchmark": ctx.benchmark}
-    clf, _ = segmenter_for(dm.encoded, dm.pad_id, module.teacher.model, ctx.cache_dir, key_parts, settings)
+    clf, _ = classifier_of_config(cfg, build_context(cfg), dm.encoded, dm.pad_id, module.teacher)
     return clf
 
 
