@@ -26,8 +26,11 @@ from transformers import GenerationConfig, LlamaForCausalLM
 
 def supports_fast_decode(model) -> bool:
     """True when ``decode`` reproduces the model's own forward pass (a plain Llama)."""
-    if type(model) is not LlamaForCausalLM:  # not a subclass, a PEFT wrapper or a compiled module
+    if type(model) is not LlamaForCausalLM:  # not a subclass, a PEFT wrapper, a compiled or FSDP2 module
         return False
+    weight = model.model.embed_tokens.weight
+    if hasattr(weight, "ds_id") or type(weight).__name__ == "DTensor":
+        return False  # sharded (DeepSpeed ZeRO-3, FSDP): only the model's own forward gathers the weights
     cfg = model.config
     rope = getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {}
     rope_type = rope.get("rope_type", rope.get("type", "default")) if isinstance(rope, dict) else "default"
