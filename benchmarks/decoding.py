@@ -38,7 +38,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def prompts(examples, tokenizer, fmt, rows: int, copies: int = 1):
-    batch = Collator(tokenizer.pad_token_id)([encode_example(ex, tokenizer, fmt) for ex in examples[:rows]])
+    """``rows`` prompts spread evenly over ``examples`` (the splits are ordered by depth: every depth)."""
+    chosen = examples[:: max(1, len(examples) // rows)][:rows]
+    batch = Collator(tokenizer.pad_token_id)([encode_example(ex, tokenizer, fmt) for ex in chosen])
     return batch["prompt_ids"].repeat(copies, 1), batch["prompt_mask"].repeat(copies, 1)
 
 
@@ -59,18 +61,17 @@ def main() -> None:
     L.seed_everything(0)
     student = prepare_student(student_settings(cfg.student), ctx, tokenizer, teacher, 0).eval()
     train, test = benchmark.splits()["train"], benchmark.splits()["test"]
-    spread = train[:: len(train) // 512]  # every depth
     max_new, eos, pad = benchmark.max_completion_tokens(), tokenizer.eos_token_id, tokenizer.pad_token_id
     batch, eval_batch = cfg.data.batch_size, cfg.data.eval_batch_size
     fmt = benchmark.format
     cases = [  # name, model, (ids, mask), sample?
-        (f"step_reward draw: student, {batch} rows, T = 1", student, prompts(spread, tokenizer, fmt, batch), True),
+        (f"step_reward draw: student, {batch} rows, T = 1", student, prompts(train, tokenizer, fmt, batch), True),
         (f"step_reward rollout_every=4: student, {4 * batch} rows, T = 1", student,
-         prompts(spread, tokenizer, fmt, batch, 4), True),
+         prompts(train, tokenizer, fmt, batch, 4), True),
         (f"evaluation: student, {eval_batch} rows, greedy", student, prompts(test, tokenizer, fmt, eval_batch), False),
         (f"evaluation: teacher, {eval_batch} rows, greedy", teacher.model, prompts(test, tokenizer, fmt, eval_batch),
          False),
-        ("SAMPLE: teacher, 256 rows, T = 1", teacher.model, prompts(spread, tokenizer, fmt, 256), True),
+        ("SAMPLE: teacher, 256 rows, T = 1", teacher.model, prompts(train, tokenizer, fmt, 256), True),
     ]  # fmt: skip
 
     def hf(model, ids, mask, sample):

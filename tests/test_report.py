@@ -265,3 +265,24 @@ def test_report_settings_are_checked_before_reading(tmp_path, field, value):
     cfg = OmegaConf.create({"report": {"sweep_dir": str(tmp_path), field: value}})
     with pytest.raises(ValueError, match=f"report.{field}"):
         run_report(cfg)
+
+
+def test_the_share_of_a_gain_kept_after_quantisation_is_only_for_a_real_gain():
+    from rtd_lab.report import _diagnostics
+
+    def with_quant(run, fp32: float, q: float):
+        run["student"]["metrics"].update({"chain_acc": fp32, "chain_acc/depth_1": fp32, "chain_acc/depth_2": fp32})
+        quant = {"metrics": {"chain_acc": q, "chain_acc/depth_1": q, "chain_acc/depth_2": q}}
+        run["diagnostics"] = {"step_chain_gap": {"all": 0.0}, "quantized": {"8bit": quant, "4bit": quant}}
+        return run
+
+    arms = {
+        "base": [with_quant(_run("base", 0, 0.5), 0.5, 0.4)],
+        "up": [with_quant(_run("up", 0, 0.6), 0.6, 0.45)],
+        "down": [with_quant(_run("down", 0, 0.4), 0.4, 0.2)],
+    }
+    ci = {"up": [0.05, 0.15], "down": [-0.15, -0.05]}  # both beyond seed noise, one a loss
+    comparison = {name: {"chain_acc": {"ci95": c}} for name, c in ci.items()}
+    rows = _diagnostics(arms, {"up": "base", "down": "base"}, comparison)
+    assert rows["up"]["int4_gain_kept"] == pytest.approx(0.5)  # (0.45 - 0.40) / (0.6 - 0.5)
+    assert rows["down"]["int4_gain_kept"] is None  # a share of a loss is not reported
