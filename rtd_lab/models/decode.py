@@ -1,20 +1,21 @@
 """Sampling and greedy decoding for small Llama models without ``generate``'s per-token overhead.
 
 On the synthetic benchmark the student is a 1-layer Llama of width 48: one decoding step is a few
-dozen tiny matrix products, and ``transformers``' ``generate`` spends most of each step in Python
-around them (module wrappers, cache objects, mask building, logits processors). step_reward draws a
-trace for every question of every training step, so that overhead was half of its training time
-(docs/scale.md). ``decode`` runs the same computation — the model's own weights, its own rotary
+dozen tiny matrix products, and ``transformers``' ``generate`` adds Python around each of them
+(module wrappers, cache objects, mask building, logits processors). step_reward draws a trace for
+every question of every training step (decoding is about a third of its step), the evaluator and
+SAMPLE decode too. ``decode`` runs the same computation — the model's own weights, its own rotary
 embedding and RMSNorm modules, float32 softmax over ``logits / temperature`` and
-``torch.multinomial`` as ``generate`` samples — over a preallocated key/value cache.
+``torch.multinomial`` as ``generate`` samples — over a preallocated key/value cache, and skips the
+rest; what that saves per call: ``benchmarks/decoding.py``.
 
 Same contract as ``model.generate(input_ids, attention_mask, do_sample, temperature, top_k=0,
 max_new_tokens, pad_token_id, eos_token_id)``: left-padded prompts (B, P) in, (B, P + N) out, rows
 that emitted ``eos`` continue with ``pad``, decoding stops when every row has finished or after
 ``max_new_tokens``. Any model that is not a plain Llama (another architecture, rope scaling,
 sliding windows, a non-SiLU MLP) goes to ``generate`` instead, so callers never need to know.
-Tested against ``generate``: the same logits, the same greedy tokens, and the same samples from the
-same random state (tests/test_decode.py).
+Tested against ``generate``: the same greedy tokens, and the same samples from the same random
+state, with left padding, grouped-query attention and rows that stop early (tests/test_decode.py).
 """
 
 from __future__ import annotations
