@@ -297,15 +297,30 @@ def test_bad_sample_settings_fail_naming_the_field(make_cfg, override, field):
 )
 @pytest.mark.parametrize("extra", [[], ["trainer=fsdp"], ["trainer=deepspeed"], ["data=gsm8k"], ["task=sample"]])
 def test_shipped_configs_pass_the_checks(make_cfg, experiment, extra):
+    if experiment in SYNTHETIC_ONLY and "data=gsm8k" in extra:
+        with pytest.raises(ValueError, match="data.benchmark.max_depth is not a setting"):  # said, not silent
+            check_config(make_cfg(f"+experiment={experiment}", *extra, tiny=False))
+        return
     check_config(make_cfg(f"+experiment={experiment}", *extra, tiny=False))
+
+
+SYNTHETIC_ONLY = {"length_generalisation"}  # sets the synthetic benchmark's depths
 
 
 @pytest.mark.parametrize(
     ("override", "field"),
-    [("method=step_reward", "method.prm.n_questions"), ("method=fitnets", "method.w_hint")],
+    [
+        ("method=step_reward", "method.prm.n_questions"),
+        ("method=fitnets", "method.w_hint"),
+        ("method=on_policy", "method.lmbda"),
+    ],
 )
 def test_method_settings_are_checked_before_any_model(make_cfg, override, field):
-    bad = {"method.prm.n_questions": "method.prm.n_questions=1", "method.w_hint": "method.w_hint=-0.5"}[field]
+    bad = {
+        "method.prm.n_questions": "method.prm.n_questions=1",
+        "method.w_hint": "method.w_hint=-0.5",
+        "method.lmbda": "method.lmbda=1.5",
+    }[field]
     with pytest.raises(ValueError, match=field.replace(".", r"\.")):
         check_config(make_cfg(override, bad))
 
