@@ -25,8 +25,8 @@ def setup():
 
 
 def module(tok, bm, **settings) -> OnPolicyKD:
-    m = OnPolicyKD(tiny_lm(tok, 16, seed=3), Teacher(tiny_lm(tok, 24, seed=1)), evaluator=Evaluator(tok, bm), **settings)
-    return m.train()
+    student, teacher = tiny_lm(tok, 16, seed=3), Teacher(tiny_lm(tok, 24, seed=1))
+    return OnPolicyKD(student, teacher, evaluator=Evaluator(tok, bm), **settings).train()
 
 
 def test_lambda_zero_is_standard_kd(setup):
