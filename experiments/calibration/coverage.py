@@ -8,6 +8,7 @@ soft labels or hidden states would have to carry them).
 
     python experiments/calibration/coverage.py                          # the default config
     python experiments/calibration/coverage.py data.max_train_examples=null
+    python experiments/calibration/coverage.py data.benchmark.max_depth=8 data.train_max_depth=4   # length gen.
 """
 
 import re
@@ -35,6 +36,8 @@ def main(overrides: list[str]) -> None:
     bench = instantiate(cfg.data.benchmark)
     splits = bench.splits()
     train = splits["train"]
+    if cfg.data.get("train_max_depth") is not None:  # as build_splits: the short chains, then the subset
+        train = [e for e in train if e.depth <= cfg.data.train_max_depth]
     if cfg.data.max_train_examples is not None:
         train = subset(train, cfg.data.max_train_examples)
     uses = Counter(f for e in train for f in facts(e))
