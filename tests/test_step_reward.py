@@ -207,7 +207,8 @@ def _module_with_fixed_prm(make_cfg, *extra):
 
 def _expected_prm_loss(module, sb, r):
     A = advantages(r, sb.step_mask, "normalized")
-    logp = token_logprobs(module.student(input_ids=sb.input_ids).logits, sb.input_ids)
+    with torch.no_grad():  # a reference value, not a graph
+        logp = token_logprobs(module.student(input_ids=sb.input_ids).logits, sb.input_ids)
     expected, n = 0.0, 0
     for b in range(sb.input_ids.size(0)):
         for t in range(sb.input_ids.size(1)):
