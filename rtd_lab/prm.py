@@ -46,6 +46,7 @@ from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
 from rtd_lab.data.batch import Collator, move_batch
+from rtd_lab.models.decode import split_generated
 from rtd_lab.utils import build_or_load
 
 log = logging.getLogger(__name__)
@@ -115,20 +116,18 @@ class SampledBatch:
 
 def pack_samples(prompt_ids, prompt_mask, generated, examples, tokenizer, sep_id, answer_id) -> SampledBatch:
     """``generated`` (B, P + N) is ``generate``'s output for left-padded prompts (B, P)."""
-    P = prompt_ids.size(1)
+    eos = tokenizer.eos_token_id
     rows, spans_all, steps_ok = [], [], []
-    for b, ex in enumerate(examples):
-        prompt = prompt_ids[b][prompt_mask[b].bool()].tolist()
-        completion = generated[b, P:].tolist()
-        if tokenizer.eos_token_id in completion:
-            completion = completion[: completion.index(tokenizer.eos_token_id)]
+    pairs = split_generated(prompt_ids, prompt_mask, generated, eos)  # (prompt, completion through <eos>)
+    for ex, (prompt, completion) in zip(examples, pairs, strict=True):
+        completion = completion[:-1] if completion and completion[-1] == eos else completion
         spans = step_spans(completion, sep_id, answer_id)
         gold = [s.value for s in ex.steps]
         ok = []
         for i, (start, boundary, _) in enumerate(spans):
             value = step_value(tokenizer.decode(completion[start : boundary + 1]))
             ok.append(i < len(gold) and value is not None and value == gold[i])
-        rows.append((prompt, completion + [tokenizer.eos_token_id]))
+        rows.append((prompt, completion + [eos]))
         spans_all.append(spans)
         steps_ok.append(ok)
     B = len(rows)

@@ -28,7 +28,7 @@ import torch
 from rtd_lab.losses import IGNORE_INDEX
 from rtd_lab.methods.base import ItemCounts
 from rtd_lab.methods.standard_kd import StandardKD
-from rtd_lab.models.decode import decode
+from rtd_lab.models.decode import decode, split_generated
 
 
 class OnPolicyKD(StandardKD):
@@ -111,14 +111,7 @@ def pack_completions(prompt_ids, prompt_mask, generated, eos_id: int, pad_id: in
     right-padded training batch: input_ids, attention_mask, labels (the completion's tokens, its <eos>
     included; IGNORE_INDEX elsewhere) and an empty set of step boundaries. A completion cut off at the
     token limit keeps what it has, with no <eos>."""
-    P = prompt_ids.size(1)
-    rows = []
-    for b in range(generated.size(0)):
-        prompt = prompt_ids[b][prompt_mask[b].bool()].tolist()
-        completion = generated[b, P:].tolist()
-        if eos_id in completion:
-            completion = completion[: completion.index(eos_id) + 1]
-        rows.append((prompt, completion))
+    rows = split_generated(prompt_ids, prompt_mask, generated, eos_id)
     B, T = len(rows), max(len(p) + len(c) for p, c in rows)
     input_ids = torch.full((B, T), pad_id, dtype=torch.long)
     labels = torch.full((B, T), IGNORE_INDEX, dtype=torch.long)

@@ -159,6 +159,20 @@ class LlamaDecoder:
         return prompt_ids
 
 
+def split_generated(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, generated: torch.Tensor, eos_id: int):
+    """``generate`` / ``decode`` output (B, P + N) for left-padded prompts (B, P) → one (prompt tokens,
+    completion tokens through the first <eos>) pair of lists per row; a completion cut off at the token
+    limit has no <eos>."""
+    P = prompt_ids.size(1)
+    rows = []
+    for b in range(generated.size(0)):
+        completion = generated[b, P:].tolist()
+        if eos_id in completion:
+            completion = completion[: completion.index(eos_id) + 1]
+        rows.append((prompt_ids[b][prompt_mask[b].bool()].tolist(), completion))
+    return rows
+
+
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
