@@ -101,7 +101,7 @@ class OnPolicyKD(StandardKD):
             "kd": kd.loss.detach(),
             "div": kd.div.detach(),
             "ce": kd.ce.detach(),
-            "on_policy": torch.tensor(float(on_policy)),
+            "on_policy": kd.loss.new_tensor(float(on_policy)),
             "sample_len": sample_len,
         }
 
