@@ -236,7 +236,7 @@ def test_rollouts_every_k_steps_give_each_step_its_own_set(make_cfg, monkeypatch
     each step trains on its own set of one sample per question, with the objective of k = 1."""
     module, dm, scores = _module_with_fixed_prm(make_cfg, "method.rollout_every=3")
     batches = iter(dm.train_dataloader())
-    import rtd_lab.methods.step_reward as step_reward
+    import rtd_lab.methods.base as base
 
     rows = []
 
@@ -244,8 +244,8 @@ def test_rollouts_every_k_steps_give_each_step_its_own_set(make_cfg, monkeypatch
         rows.append(prompt_ids.size(0))
         return decode(model, prompt_ids, *args, **kwargs)
 
-    decode = step_reward.decode
-    monkeypatch.setattr(step_reward, "decode", counting_decode)
+    decode = base.decode
+    monkeypatch.setattr(base, "decode", counting_decode)
     torch.manual_seed(0)
     seen = []
     for _ in range(4):

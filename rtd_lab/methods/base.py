@@ -20,6 +20,7 @@ from torch import nn
 from rtd_lab.evaluation import Evaluator
 from rtd_lab.losses import IGNORE_INDEX
 from rtd_lab.metrics import ReasoningAccuracy
+from rtd_lab.models.decode import decode
 from rtd_lab.models.teacher import Teacher, TeacherOutput
 from rtd_lab.teacher_cache import cached_outputs
 from rtd_lab.traces.segment import online_boundaries
@@ -173,6 +174,31 @@ class ReasoningModule(L.LightningModule):
         return self.teacher(
             batch["input_ids"], boundary_pos=batch["boundary_pos"] if boundaries else None, hidden_layers=hidden_layers
         )
+
+    @torch.no_grad()
+    def sample_student(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, temperature: float) -> torch.Tensor:
+        """The student's sampled completions for left-padded prompts, (B, P + N) as ``generate`` returns
+        them (``rtd_lab.models.decode``: its draws, without its per-token overhead), drawn in eval mode.
+        For the methods that train on the student's own samples (step_reward, on_policy)."""
+        if self.evaluator is None:
+            raise ValueError(
+                f"method {type(self).__name__} samples the student: it needs the run's evaluator (tokenizer, benchmark)"
+            )
+        tokenizer = self.evaluator.tokenizer
+        was_training = self.student.training
+        self.student.eval()
+        out = decode(
+            self.student,
+            prompt_ids,
+            prompt_mask,
+            self.evaluator.benchmark.max_completion_tokens(),
+            tokenizer.eos_token_id,
+            tokenizer.pad_token_id,
+            do_sample=True,
+            temperature=temperature,
+        )
+        self.student.train(was_training)
+        return out
 
     def cache_request(self) -> dict:
         """What the offline teacher cache must hold for this method (``rtd_lab.teacher_cache.CacheSpec``)."""

@@ -28,7 +28,7 @@ import torch
 from rtd_lab.losses import IGNORE_INDEX
 from rtd_lab.methods.base import ItemCounts
 from rtd_lab.methods.standard_kd import StandardKD
-from rtd_lab.models.decode import decode, split_generated
+from rtd_lab.models.decode import split_generated
 
 
 class OnPolicyKD(StandardKD):
@@ -55,27 +55,10 @@ class OnPolicyKD(StandardKD):
     def student_samples(self, batch: dict) -> dict:
         """A training batch of the student's own completions for the batch's questions: right-padded
         prompt + completion (through <eos>), labels on the completion's tokens only."""
-        if self.evaluator is None:
-            raise ValueError(
-                "method on_policy samples the student: it needs the run's evaluator (tokenizer, benchmark)"
-            )
-        tokenizer = self.evaluator.tokenizer
-        eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
         prompt_ids, prompt_mask = batch["prompt_ids"], batch["prompt_mask"]
-        was_training = self.student.training
-        self.student.eval()
-        out = decode(
-            self.student,
-            prompt_ids,
-            prompt_mask,
-            self.evaluator.benchmark.max_completion_tokens(),
-            eos,
-            pad,
-            do_sample=True,
-            temperature=self.sample_temperature,
-        )
-        self.student.train(was_training)
-        return pack_completions(prompt_ids, prompt_mask, out, eos, pad)
+        out = self.sample_student(prompt_ids, prompt_mask, self.sample_temperature)
+        tokenizer = self.evaluator.tokenizer
+        return pack_completions(prompt_ids, prompt_mask, out, tokenizer.eos_token_id, tokenizer.pad_token_id)
 
     def samples_this_step(self) -> bool:
         """Whether this training step trains on the student's samples: a draw from (seed, step) alone,

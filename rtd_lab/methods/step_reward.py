@@ -48,7 +48,6 @@ import torch
 
 from rtd_lab.methods.base import ItemCounts, check_weights
 from rtd_lab.methods.standard_kd import StandardKD
-from rtd_lab.models.decode import decode
 from rtd_lab.prm import PRMConfig, load_or_train_prm, marker_ids, pack_samples, token_logprobs
 
 ADVANTAGES = ("normalized", "centered", "raw")
@@ -143,22 +142,9 @@ class StepReward(StandardKD):
         c·n … c·n + n − 1 are set c)."""
         n = batch["prompt_ids"].size(0) if self.samples_per_batch is None else self.samples_per_batch
         prompt_ids, prompt_mask = batch["prompt_ids"][:n].repeat(copies, 1), batch["prompt_mask"][:n].repeat(copies, 1)
-        tokenizer = self.evaluator.tokenizer
-        was_training = self.student.training
-        self.student.eval()
-        out = decode(  # what generate(do_sample, temperature, top_k=0) draws, without its per-token overhead
-            self.student,
-            prompt_ids,
-            prompt_mask,
-            self.evaluator.benchmark.max_completion_tokens(),
-            tokenizer.eos_token_id,
-            tokenizer.pad_token_id,
-            do_sample=True,
-            temperature=self.sample_temperature,
-        )
-        self.student.train(was_training)
+        out = self.sample_student(prompt_ids, prompt_mask, self.sample_temperature)
         examples = list(batch["examples"][:n]) * copies
-        packed = pack_samples(prompt_ids, prompt_mask, out, examples, tokenizer, *self._markers)
+        packed = pack_samples(prompt_ids, prompt_mask, out, examples, self.evaluator.tokenizer, *self._markers)
         return type(packed)(*(t.to(self.device) for t in vars(packed).values()))
 
     def next_rollout(self, batch: dict):
