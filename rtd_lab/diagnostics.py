@@ -185,7 +185,10 @@ def transition_auroc(
             continue
         steps, answer = parsed
         encoded.append(encode_example(ReasoningExample(ex.uid, ex.question, steps, answer, ex.depth), tokenizer, fmt))
-        labels.append([i < len(ex.steps) and s.value == ex.steps[i].value for i, s in enumerate(steps)])
+        if hasattr(benchmark, "step_marks"):  # a benchmark with several valid orders says which steps are right
+            labels.append(benchmark.step_marks(ex, r["completion"])[: len(steps)])
+        else:
+            labels.append([i < len(ex.steps) and s.value == ex.steps[i].value for i, s in enumerate(steps)])
     if not encoded:
         return {"transition_auroc": None, "transition_projection": how, "n_steps": 0, "unreadable_traces": unreadable}
     chains = _transitions(student, teacher_model, encoded, pad, student_layer, teacher_layer, device)

@@ -1,7 +1,8 @@
 """Greedy generation and scoring against the gold chain.
 
-A step is correct when its value equals the gold step's value at the same index; a chain is
-correct when it has exactly the gold number of steps, every one correct, and the right final
+A step is correct when its value equals the gold step's value at the same index (or, for a
+benchmark with several valid orders, when its ``step_marks`` say it is a valid next step); a chain
+is correct when it has exactly the gold number of steps, every one correct, and the right final
 answer. Model output is parsed by the benchmark's parser (regular expressions, never ``eval``).
 """
 
@@ -36,10 +37,16 @@ class Scored:
     step_correct: list[bool] = field(default_factory=list)  # per gold step
 
 
-def score(example: ReasoningExample, completion: str, parse, prompt: str = "") -> Scored:
+def score(example: ReasoningExample, completion: str, parse, prompt: str = "", step_marks=None) -> Scored:
+    """``step_marks(example, completion)``: per generated step, is it right (default: its value is
+    the gold one at its index)."""
     pred_steps, pred_answer = parse(completion)
     gold = [s.value for s in example.steps]
-    step_ok = [i < len(pred_steps) and pred_steps[i] == g for i, g in enumerate(gold)]
+    if step_marks is None:
+        step_ok = [i < len(pred_steps) and pred_steps[i] == g for i, g in enumerate(gold)]
+    else:
+        marks = step_marks(example, completion)
+        step_ok = [i < len(marks) and marks[i] for i in range(len(gold))]
     answer_ok = pred_answer is not None and pred_answer == example.answer
     chain_ok = all(step_ok) and len(pred_steps) == len(gold) and answer_ok
     return Scored(
@@ -83,8 +90,10 @@ class Evaluator:
     def score_batch(self, model, batch: dict) -> list[Scored]:
         texts = self.generate(model, batch["prompt_ids"], batch["prompt_mask"])
         fmt, parse = self.benchmark.format, self.benchmark.parse_completion
+        marks = getattr(self.benchmark, "step_marks", None)
         return [
-            score(ex, t, parse, prompt=fmt.render(ex, False)[0]) for ex, t in zip(batch["examples"], texts, strict=True)
+            score(ex, t, parse, prompt=fmt.render(ex, False)[0], step_marks=marks)
+            for ex, t in zip(batch["examples"], texts, strict=True)
         ]
 
     @staticmethod

@@ -28,13 +28,18 @@ def train_set_stats(train: list, benchmark, answer_only: bool) -> dict:
         "questions": len({ex.uid.split("#")[0] for ex in examples}),  # a trace row is "<question uid>#<row>"
         "wrong_steps": None,
     }
-    if getattr(benchmark, "unique_paths", False) and not answer_only:
+    if answer_only:
+        return stats
+    gold = {ex.uid: ex for split in benchmark.splits().values() for ex in split}
+    if getattr(benchmark, "unique_paths", False):
 
         def words(ex) -> list[str]:
             return [" ".join(s.text.split()) for s in ex.steps]
 
-        gold = {ex.uid: words(ex) for split in benchmark.splits().values() for ex in split}
-        stats["wrong_steps"] = sum(words(ex) != gold[ex.uid.split("#")[0]] for ex in examples)
+        stats["wrong_steps"] = sum(words(ex) != words(gold[ex.uid.split("#")[0]]) for ex in examples)
+    elif hasattr(benchmark, "valid_path"):  # several valid paths: a trace is wrong when it is none of them
+        render, valid = benchmark.format.render, benchmark.valid_path
+        stats["wrong_steps"] = sum(not valid(gold[ex.uid.split("#")[0]], render(ex)[1]) for ex in examples)
     return stats
 
 

@@ -24,6 +24,7 @@ FILES = {
 # A sweep file lists the experiments it runs in hydra.sweeper.params; the others are single runs.
 SWEEPS = {name: f["hydra"]["sweeper"]["params"] for name, f in FILES.items() if "hydra" in f}
 SINGLE = sorted(set(FILES) - set(SWEEPS))
+LOOPS = {"self_distill"}  # a loop of training runs (task=self_distill): tests/test_self_distill.py
 
 
 def test_the_paper_sweeps_exist():
@@ -50,7 +51,7 @@ def test_the_paper_table_runs_rtd_with_the_weights_the_grid_chose(make_cfg):
     assert OmegaConf.to_container(tuned.method) == OmegaConf.to_container(paper.method)
 
 
-@pytest.mark.parametrize("name", SINGLE)
+@pytest.mark.parametrize("name", sorted(set(SINGLE) - LOOPS))
 def test_every_experiment_file_trains_and_evaluates(make_cfg, monkeypatch, name):
     if name.startswith("rft_"):  # a 3-step tiny teacher samples nothing FILTER keeps: script its samples
         import rtd_lab.traces.sample as sample_mod
@@ -94,14 +95,13 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 # The RFT table samples from real (tiny) teachers: one that learned the trace format, few questions.
-SWEEP_EXTRA = {
-    "rft_table": [
-        "teacher.train.max_steps=300",
-        "sample.max_questions=24",
-        "sample.n_samples=4",
-        "data.max_train_examples=2",
-    ]
-}
+RFT_EXTRA = [
+    "teacher.train.max_steps=300",
+    "sample.max_questions=24",
+    "sample.n_samples=4",
+    "data.max_train_examples=2",
+]
+SWEEP_EXTRA = {"rft_table": RFT_EXTRA, "rft_dag": RFT_EXTRA}
 
 
 # rft_table's sweep (a second teacher, SAMPLE -> FILTER for two arms) is the slowest test; its arms
@@ -113,7 +113,7 @@ SWEEP_EXTRA = {
 # length_generalisation likewise.
 SLOW_SWEEPS = {
     "rft_table", "ablations", "rtd_layers", "student_sizes", "rtd_weight_grid", "fitnets_deep_teacher",
-    "length_generalisation",
+    "length_generalisation", "rft_dag",
 }  # fmt: skip
 SWEEP_PARAMS = [pytest.param(s, marks=pytest.mark.slow) if s in SLOW_SWEEPS else s for s in sorted(SWEEPS)]
 
@@ -143,7 +143,8 @@ def test_sweep_runs_every_arm_in_one_group_with_one_teacher(tmp_path, sweep):
     assert [str(r["config"]["teacher"]["layer"]) for r in runs] == layers * (len(runs) // len(layers))
     assert {r["config"]["group"] for r in runs} == {sweep}
     teachers = len(list((tmp_path / "cache" / "teachers").glob("[!.]*")))
-    if sweep == "rft_table":  # every arm trains on the same number of examples; rft_mixed adds a checkpoint
+    # Every arm trains on the same number of examples; rft_mixed adds a checkpoint.
+    if sweep in ("rft_table", "rft_dag"):
         assert {r["train_set"]["examples"] for r in runs} == {2}
         assert teachers == 2
     else:

@@ -82,6 +82,8 @@ class ReasoningModule(L.LightningModule):
     student_layer: int | str = -1
     # Settings of the config's data: block this method cannot train without (checked before any work).
     data_requirements: dict[str, Any] = {}
+    # True: the method checks sampled steps position by position, so it needs one valid path per question.
+    single_path_only: bool = False
 
     def __init__(
         self,

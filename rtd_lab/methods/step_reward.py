@@ -55,6 +55,7 @@ ADVANTAGES = ("normalized", "centered", "raw")
 
 class StepReward(StandardKD):
     diagnostics = ("reward", "sample_step_acc", "prm_agreement")
+    single_path_only = True  # the PRM's labels (prm.pack_samples) compare each step with the gold one at its index
 
     # The KD settings (alpha, temperature, divergence, beta) and self.kd come from StandardKD.
     def __init__(

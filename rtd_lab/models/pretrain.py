@@ -120,6 +120,7 @@ class UntilLearned(Callback):
             if self.s.target_chain_acc is not None and step % self.s.check_every == 0:
                 acc = self.evaluate()["chain_acc"]
                 self.checks.append((step, acc))
+                log.info("step %d: validation chain accuracy %.3f (learned at %s)", step, acc, self.s.target_chain_acc)
                 if acc >= self.s.target_chain_acc:
                     self.reached, self.decay_start = True, step
             if self.decay_start is None and step >= self.s.max_steps - self.s.decay_steps:

@@ -20,6 +20,7 @@ TASKS = {
     "report": "rtd_lab.tasks.report:run_report",
     "export": "rtd_lab.tasks.export:run_export",
     "export_benchmark": "rtd_lab.tasks.export_benchmark:run_export_benchmark",
+    "self_distill": "rtd_lab.tasks.self_distill:run_self_distill",
 }
 
 

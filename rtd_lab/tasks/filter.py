@@ -31,7 +31,7 @@ def run_filter(cfg: DictConfig) -> Path:
     rows = ds.to_list()
     if not hasattr(source, "samples"):
         verify_steps(rows, source.benchmark)
-    kept, report = filter_rows(rows)
+    kept, report = filter_rows(rows, by_answer=bool(f.get("by_answer", True)))
     report["input"] = str(where)
     out = Path(hydra.utils.to_absolute_path(f.out_dir))
     out.mkdir(parents=True, exist_ok=True)

@@ -35,6 +35,7 @@ from rtd_lab.models.provision import StudentBaseSettings, StudentSettings, Teach
 from rtd_lab.teacher_cache import TeacherCacheSettings
 from rtd_lab.traces.sample import SampleSettings
 from rtd_lab.traces.segment import SegmenterSettings
+from rtd_lab.traces.self_distill import SelfDistillSettings
 
 # Keys of a _target_ node that the framework consumes before instantiating it.
 CONSUMED = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
@@ -47,6 +48,7 @@ TYPED_BLOCKS = {
     "diagnostics": DiagnosticsSettings,
     "segment": SegmenterSettings,
     "sample": SampleSettings,
+    "self_distill": SelfDistillSettings,
 }
 
 
@@ -81,6 +83,12 @@ def check_data_requirements(config: dict) -> None:
         if data.get(key) != value:
             shown = str(value).lower() if isinstance(value, bool) else value
             raise ValueError(f"{method['_target_']} trains only with data.{key}={shown} (got {data.get(key)!r})")
+    benchmark = data.get("benchmark") if isinstance(data.get("benchmark"), Mapping) else {}
+    if getattr(target, "single_path_only", False) and benchmark.get("paths", "chain") != "chain":
+        raise ValueError(
+            f"data.benchmark.paths={benchmark['paths']}: {method['_target_']} labels a sampled step right by its "
+            "value at the gold step's index, which holds only with one valid path per question (paths=chain)"
+        )
 
 
 def check_settings(path: str, node: Any, cls: type) -> None:

@@ -34,7 +34,9 @@ def rft_key(cfg: DictConfig) -> str:
 def rft_dataset(cfg: DictConfig) -> Path:
     """The FILTER output for ``cfg``'s SAMPLE settings, made (or finished) if need be."""
     root = cache_dir(cfg) / "samples" / rft_key(cfg)
-    filtered = root / "filtered" / "dataset"
+    # One set of samples, filtered by answer or not (the unfiltered arm reads the same samples).
+    name = "filtered" if cfg.filter.get("by_answer", True) else "unfiltered"
+    filtered = root / name / "dataset"
     with build_lock(root):  # the seeds of a parallel sweep share one set of samples: one job draws it
         if filtered.exists():
             log.info("RFT traces from the cache: %s", filtered)
@@ -43,6 +45,6 @@ def rft_dataset(cfg: DictConfig) -> Path:
         with open_dict(stage_cfg):
             stage_cfg.sample.out_dir = str(root)
             stage_cfg.filter.input = str(root / "dataset")
-            stage_cfg.filter.out_dir = str(root / "filtered")
+            stage_cfg.filter.out_dir = str(root / name)
         run_sample(stage_cfg)
         return run_filter(stage_cfg)

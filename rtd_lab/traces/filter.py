@@ -55,18 +55,25 @@ def reasoning_path(text: str) -> tuple[str, ...]:
 
 
 def verify_steps(rows: list[dict], benchmark) -> None:
-    """Set ``steps_correct`` on every row where the benchmark has one correct path per question.
+    """Set ``steps_correct`` on every row where the benchmark can check a trace's steps: it has one
+    correct path per question, or says which paths are valid (``valid_path``: several per question).
 
     Answer filtering cannot see a trace that reaches the gold answer through a wrong step (the RFT paper:
-    "trace hallucination propagates"); on such a benchmark FILTER counts them.
+    "trace hallucination propagates"); on such a benchmark FILTER counts them, and the distinct valid
+    paths it collects per question.
     """
-    if not getattr(benchmark, "unique_paths", False):
+    unique = getattr(benchmark, "unique_paths", False)
+    if not unique and not hasattr(benchmark, "valid_path"):
         return
     gold = {ex.uid: ex for split in benchmark.splits().values() for ex in split}
     for r in rows:
         ex = gold.get(r["uid"])
-        # The one correct trace, word for word: a miscopied operand with a right value is wrong too.
-        r["steps_correct"] = None if ex is None else _words(r["completion"]) == _words(benchmark.format.render(ex)[1])
+        if ex is None:
+            r["steps_correct"] = None
+        elif unique:  # the one correct trace, word for word: a miscopied operand with a right value is wrong too
+            r["steps_correct"] = _words(r["completion"]) == _words(benchmark.format.render(ex)[1])
+        else:
+            r["steps_correct"] = benchmark.valid_path(ex, r["completion"].partition("####")[0])
 
 
 def _words(text: str) -> str:
@@ -84,7 +91,15 @@ def rate_table(rows: list[dict], key: str) -> dict[str, dict]:
         table[name] = {"samples": len(g), "accepted": accepted, "rate": accepted / len(g), "unique_paths": kept}
         if any(r.get("steps_correct") is not None for r in g):
             table[name]["kept_wrong_steps"] = sum(r["kept"] and r.get("steps_correct") is False for r in g)
+            table[name]["valid_paths_per_question"] = valid_paths_per_question(g)
     return table
+
+
+def valid_paths_per_question(rows: list[dict]) -> float:
+    """Mean over the questions of ``rows`` of the distinct reasoning paths with the gold answer and
+    every step valid: what sampling across teachers and temperatures collects (the RFT paper)."""
+    valid = {(r["uid"], reasoning_path(r["completion"])) for r in rows if r["accepted"] and r.get("steps_correct")}
+    return len(valid) / max(1, len({r["uid"] for r in rows}))
 
 
 def _sort_key(name: str) -> tuple:
@@ -94,19 +109,22 @@ def _sort_key(name: str) -> tuple:
         return (1, 0.0, name)
 
 
-def filter_rows(rows: list[dict]) -> tuple[list[dict], dict]:
-    """Mark every row ``accepted`` / ``kept``; return the kept rows and the report."""
+def filter_rows(rows: list[dict], by_answer: bool = True) -> tuple[list[dict], dict]:
+    """Mark every row ``accepted`` (its answer is the gold one) / ``kept``; return the kept rows and
+    the report. ``by_answer=False`` keeps wrong answers too (deduplicated all the same): the RFT
+    paper's unfiltered samples, the arm that shows what the filter is for."""
     seen: set[tuple[str, tuple[str, ...]]] = set()
     for r in rows:
         answer, how = extract_answer(r["completion"])
         r["extracted_answer"] = answer
         r["accepted"] = same_answer(answer, r["gold_answer"])
         key = (r["uid"], reasoning_path(r["completion"]))
-        r["kept"] = r["accepted"] and key not in seen
+        r["kept"] = (r["accepted"] or not by_answer) and key not in seen
         if r["kept"]:
             seen.add(key)
     kept = [r for r in rows if r["kept"]]
     report: dict = {
+        "by_answer": by_answer,
         "samples": len(rows),
         "accepted": sum(r["accepted"] for r in rows),
         "kept_after_dedup": len(kept),
@@ -116,6 +134,9 @@ def filter_rows(rows: list[dict]) -> tuple[list[dict], dict]:
             sum(r.get("steps_correct") is False for r in kept)
             if any(r.get("steps_correct") is not None for r in rows)
             else None
+        ),
+        "valid_paths_per_question": (
+            valid_paths_per_question(rows) if any(r.get("steps_correct") is not None for r in rows) else None
         ),
         "by_teacher": rate_table(rows, "teacher"),
         "by_temperature": rate_table(rows, "temperature"),
@@ -140,7 +161,8 @@ def report_markdown(report: dict) -> str:
     lines = [
         f"{report['accepted']} of {report['samples']} traces accepted "
         f"({report['accepted'] / max(1, report['samples']):.1%}); {report['kept_after_dedup']} kept after "
-        f"deduplication, covering {report['questions_with_a_kept_trace']} of {report['questions']} questions.",
+        f"deduplication{'' if report.get('by_answer', True) else ' (unfiltered: wrong answers kept too)'}, "
+        f"covering {report['questions_with_a_kept_trace']} of {report['questions']} questions.",
     ]
     wrong = report.get("kept_wrong_steps")
     if wrong is not None:
@@ -149,13 +171,21 @@ def report_markdown(report: dict) -> str:
             "through a wrong step (checked word for word against the one correct trace; answer filtering "
             "cannot see them)."
         )
+    if report.get("valid_paths_per_question") is not None:
+        lines.append(
+            f"Distinct valid reasoning paths per question (gold answer, every step valid): "
+            f"{report['valid_paths_per_question']:.2f}."
+        )
     extra = wrong is not None
     for key in ("by_teacher", "by_temperature", "by_depth"):
-        head = f"| {key[3:]} | samples | accepted | rate | unique paths |" + (" kept, wrong steps |" if extra else "")
-        lines += ["", head, "|---|---|---|---|---|" + ("---|" if extra else "")]
+        head = f"| {key[3:]} | samples | accepted | rate | unique paths |"
+        head += " kept, wrong steps | valid paths per question |" if extra else ""
+        lines += ["", head, "|---|---|---|---|---|" + ("---|---|" if extra else "")]
         for name, g in report[key].items():
             row = f"| {name} | {g['samples']} | {g['accepted']} | {g['rate']:.3f} | {g['unique_paths']} |"
-            lines.append(row + (f" {g.get('kept_wrong_steps', 0)} |" if extra else ""))
+            if extra:
+                row += f" {g.get('kept_wrong_steps', 0)} | {g.get('valid_paths_per_question', 0):.2f} |"
+            lines.append(row)
     if "label_agreement" in report:
         a = report["label_agreement"]
         lines += ["", f"Agreement with the is_correct labels: {a['agree']} / {a['traces']} = {a['rate']:.4f}."]
