@@ -122,3 +122,17 @@ def test_filter_counts_right_answers_reached_through_wrong_steps(make_cfg):
     kept, report = filter_rows(rows)
     assert len(kept) == 3 and report["kept_wrong_steps"] == 2
     assert report["by_teacher"]["t"]["kept_wrong_steps"] == 2
+
+
+def test_unfiltered_arm_reads_the_mixed_arms_samples_and_keeps_wrong_answers(make_cfg, monkeypatch):
+    calls: list[int] = []
+    monkeypatch.setattr(sample_mod, "sample_chunk", scripted_sample_chunk(calls))
+    opts = ["sample.seed=0", "sample.n_samples=3", "sample.max_questions=12", "diagnostics.enabled=false"]
+    mixed = train(make_cfg("+experiment=rft_mixed", *opts))
+    n_calls = len(calls)
+    unfiltered = train(make_cfg("+experiment=rft_unfiltered", *opts))
+    assert len(calls) == n_calls  # the same SAMPLE output, filtered the other way
+    # Per question the scripted teacher gives the gold trace, a lucky one and a wrong answer, the same
+    # at every teacher and temperature: deduplicated, the unfiltered set holds one wrong answer more per question.
+    assert unfiltered["teacher_traces"]["n_traces"] == mixed["teacher_traces"]["n_traces"] + 12
+    assert unfiltered["teacher_traces"]["n_correct"] == mixed["teacher_traces"]["n_correct"]

@@ -4,6 +4,7 @@ The RFT arms train on a fixed-seed subset of what FILTER kept, so their sets dif
 in which questions they hold, not only in how the traces were made.
 
     python experiments/rft_table/coverage.py [cache dir]     # after the rft_table sweep (it reads its samples)
+    python experiments/rft_table/coverage.py [cache dir] rft_dag   # the same for the rft_dag sweep's arms
 """
 
 import re
@@ -19,25 +20,29 @@ from rtd_lab.tasks.rft import rft_key
 from rtd_lab.traces.teacher import examples_from_dataset
 
 CONF = Path(__file__).resolve().parents[2] / "rtd_lab" / "conf"
-FACT = re.compile(r"(\d+) (\S) (\d+) = (\d+)")
+# A step's fact: "59 @ 5 = 29" (data=synthetic_dag's steps name their variable first: "b = 59 @ 5 = 29").
+FACT = re.compile(r"(?:^|= )(\d+) (\S) (\d+) = (\d+)$")
 
 
 def facts(example) -> set[tuple[str, ...]]:
-    return {m.groups() for step in example.steps if (m := FACT.fullmatch(" ".join(step.text.split())))}
+    return {m.groups() for step in example.steps if (m := FACT.search(" ".join(step.text.split())))}
 
 
-def main(cache_dir: str) -> None:
+def main(cache_dir: str, experiment: str = "rft_table") -> None:
     rows = []
-    for arm in ("rft_sft_traces", "rft_one", "rft_mixed"):
+    sweep = (CONF / "experiment" / f"{experiment}.yaml").read_text()
+    arms = [a for a in re.search(r"\+experiment@_global_: (\S+)", sweep).group(1).split(",") if a != "rft_sft_answers"]
+    for arm in arms:
         with initialize_config_dir(config_dir=str(CONF), version_base=None):
-            cfg = compose("config", overrides=["+experiment=rft_table", f"+experiment@_global_={arm}"])
+            cfg = compose("config", overrides=[f"+experiment={experiment}", f"+experiment@_global_={arm}"])
         with open_dict(cfg):
             cfg.paths.cache_dir = cache_dir
         bench = instantiate(cfg.data.benchmark)
         if arm == "rft_sft_traces":
             train = bench.splits()["train"]
         else:
-            kept = Path(cache_dir) / "samples" / rft_key(cfg) / "filtered" / "dataset"
+            folder = "filtered" if cfg.filter.by_answer else "unfiltered"
+            kept = Path(cache_dir) / "samples" / rft_key(cfg) / folder / "dataset"
             train, _ = examples_from_dataset(str(kept), bench)
         train = subset(train, cfg.data.max_train_examples)
         shown = set().union(*(facts(e) for e in train))
@@ -53,4 +58,4 @@ def main(cache_dir: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else ".cache/rtd_lab")
+    main(sys.argv[1] if len(sys.argv) > 1 else ".cache/rtd_lab", *sys.argv[2:3])

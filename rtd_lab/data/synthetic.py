@@ -30,7 +30,7 @@ With ``paths: dag`` a question's definitions form a dependency graph: two indepe
 a step that combines them (rule "table": ``&`` looks up a random table with the other branch's value
 as its operand, ``|ops|·n_operands·modulus + modulus²`` facts; "arithmetic": ``+``)::
 
-    question:  a = 7 , b = a @ 3 , j = 4 , k = j @ 2 , r = b & k ? ; r ?
+    question:  a = 7 , b = a @ 3 , j = 4 , k = j @ 2 , r = b & k ; r ?
     traces:    b = 7 @ 3 = 41 ; k = 4 @ 2 = 9 ; r = 41 & 9 = 3 #### 3
                k = 4 @ 2 = 9 ; b = 7 @ 3 = 41 ; r = 41 & 9 = 3 #### 3
 

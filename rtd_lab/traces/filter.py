@@ -168,8 +168,8 @@ def report_markdown(report: dict) -> str:
     if wrong is not None:
         lines.append(
             f"{wrong} kept traces ({wrong / max(1, report['kept_after_dedup']):.1%}) reach the gold answer "
-            "through a wrong step (checked word for word against the one correct trace; answer filtering "
-            "cannot see them)."
+            "through a wrong step (checked word for word against the one correct trace, or each valid one where "
+            "a question has several; answer filtering cannot see them)."
         )
     if report.get("valid_paths_per_question") is not None:
         lines.append(
