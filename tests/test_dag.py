@@ -98,6 +98,7 @@ def test_filter_counts_distinct_valid_paths_and_unfiltered_keeps_wrong_answers(b
     assert report["kept_wrong_steps"] == 1 and report["by_teacher"]["t"]["valid_paths_per_question"] == 2
     kept, report = filter_rows([dict(r) for r in rows], by_answer=False)
     assert len(kept) == 4 and report["by_answer"] is False  # the wrong answer too; duplicates still dropped
+    assert report["kept_wrong_answers"] == 1 and report["kept_wrong_steps"] == 1  # wrong steps: gold answers only
 
 
 @pytest.mark.parametrize(

@@ -90,7 +90,9 @@ def rate_table(rows: list[dict], key: str) -> dict[str, dict]:
         kept = sum(r["kept"] for r in g)
         table[name] = {"samples": len(g), "accepted": accepted, "rate": accepted / len(g), "unique_paths": kept}
         if any(r.get("steps_correct") is not None for r in g):
-            table[name]["kept_wrong_steps"] = sum(r["kept"] and r.get("steps_correct") is False for r in g)
+            table[name]["kept_wrong_steps"] = sum(
+                r["kept"] and r["accepted"] and r.get("steps_correct") is False for r in g
+            )
             table[name]["valid_paths_per_question"] = valid_paths_per_question(g)
     return table
 
@@ -130,8 +132,9 @@ def filter_rows(rows: list[dict], by_answer: bool = True) -> tuple[list[dict], d
         "kept_after_dedup": len(kept),
         "questions_with_a_kept_trace": len({r["uid"] for r in kept}),
         "questions": len({r["uid"] for r in rows}),
-        "kept_wrong_steps": (
-            sum(r.get("steps_correct") is False for r in kept)
+        "kept_wrong_answers": sum(not r["accepted"] for r in kept),  # > 0 only unfiltered
+        "kept_wrong_steps": (  # the gold answer through a wrong step
+            sum(r["accepted"] and r.get("steps_correct") is False for r in kept)
             if any(r.get("steps_correct") is not None for r in rows)
             else None
         ),
@@ -164,6 +167,8 @@ def report_markdown(report: dict) -> str:
         f"deduplication{'' if report.get('by_answer', True) else ' (unfiltered: wrong answers kept too)'}, "
         f"covering {report['questions_with_a_kept_trace']} of {report['questions']} questions.",
     ]
+    if report.get("kept_wrong_answers"):
+        lines.append(f"{report['kept_wrong_answers']} kept traces have a wrong answer.")
     wrong = report.get("kept_wrong_steps")
     if wrong is not None:
         lines.append(
