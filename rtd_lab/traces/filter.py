@@ -73,7 +73,7 @@ def verify_steps(rows: list[dict], benchmark) -> None:
         elif unique:  # the one correct trace, word for word: a miscopied operand with a right value is wrong too
             r["steps_correct"] = _words(r["completion"]) == _words(benchmark.format.render(ex)[1])
         else:
-            r["steps_correct"] = benchmark.valid_path(ex, r["completion"].partition("####")[0])
+            r["steps_correct"] = benchmark.valid_path(ex, r["completion"])
 
 
 def _words(text: str) -> str:
