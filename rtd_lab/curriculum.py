@@ -176,7 +176,13 @@ class DepthCurriculum(Callback):
             )
         loader = self.datamodule.stage_val_dataloader(self.stages[stage])
         first = pl_module.with_step_boundaries(move_batch(next(iter(loader)), pl_module.device))
-        reported = pl_module.compute_losses(first, pl_module.item_counts(first))
+        # In eval mode, as the checks run: a training-mode call would take an on-policy method's
+        # sampling path (drawing from the RNG that orders the run) for a probe of the loss's names.
+        was_training = pl_module.training
+        pl_module.eval()
+        with torch.no_grad():
+            reported = pl_module.compute_losses(first, pl_module.item_counts(first))
+        pl_module.train(was_training)
         if metric not in reported:
             raise ValueError(
                 f"curriculum=depth ends a stage on the validation '{metric}' loss, which method "

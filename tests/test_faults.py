@@ -313,6 +313,7 @@ SYNTHETIC_ONLY = {"length_generalisation"}  # sets the synthetic benchmark's dep
         ("method=step_reward", "method.prm.n_questions"),
         ("method=fitnets", "method.w_hint"),
         ("method=on_policy", "method.lmbda"),
+        ("method=rtd_on_policy", "method.lmbda"),
     ],
 )
 def test_method_settings_are_checked_before_any_model(make_cfg, override, field):

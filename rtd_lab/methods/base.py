@@ -84,6 +84,9 @@ class ReasoningModule(L.LightningModule):
     data_requirements: dict[str, Any] = {}
     # True: the method checks sampled steps position by position, so it needs one valid path per question.
     single_path_only: bool = False
+    # True: the method finds step boundaries on text no gold boundary exists for (the student's own
+    # samples) with the RTD paper's boundary classifier; the run trains or loads it for the method.
+    needs_boundary_classifier: bool = False
 
     def __init__(
         self,
@@ -222,20 +225,29 @@ class ReasoningModule(L.LightningModule):
         connector = getattr(trainer, "_logger_connector", None)
         return bool(getattr(connector, "should_update_logs", True) or trainer.fast_dev_run)
 
-    def use_boundary_classifier(self, clf: nn.Module) -> None:
-        """Step boundaries found per batch by ``clf`` on the teacher's states (data.boundaries=learned_online).
-        A frozen scorer, as the PRM: not a registered submodule, so neither trained nor checkpointed."""
-        self.__dict__["boundary_classifier"] = clf.to(self.device).eval()
+    def use_boundary_classifier(self, clf: nn.Module, on_batches: bool = True) -> None:
+        """The boundary classifier ``clf`` on the teacher's states: with ``on_batches`` it finds every
+        training and validation batch's boundaries (data.boundaries=learned_online); a method that
+        ``needs_boundary_classifier`` reads it (``boundary_classifier``) for text of its own. A frozen
+        scorer, as the PRM: not a registered submodule, so neither trained nor checkpointed."""
+        self.__dict__["_boundary_classifier"] = clf.to(self.device).eval()
+        self.__dict__["_boundaries_on_batches"] = on_batches
+
+    @property
+    def boundary_classifier(self) -> nn.Module | None:
+        """The run's boundary classifier (``use_boundary_classifier``) on this module's device, or None."""
+        clf = self.__dict__.get("_boundary_classifier")
+        if clf is not None and next(clf.parameters()).device != self.device:
+            clf.to(self.device)
+        return clf
 
     def with_step_boundaries(self, batch: dict) -> dict:
         """The batch with the boundary classifier's boundaries, found now on the teacher's states, when
-        the run has one (learned_online); otherwise as it is. Every loss on training or validation
-        batches reads its boundaries through this (the curriculum's checks too)."""
-        clf = self.__dict__.get("boundary_classifier")
-        if clf is None:
+        the run has one for its batches (learned_online); otherwise as it is. Every loss on training
+        or validation batches reads its boundaries through this (the curriculum's checks too)."""
+        clf = self.boundary_classifier
+        if clf is None or not self.__dict__.get("_boundaries_on_batches", True):
             return batch
-        if next(clf.parameters()).device != self.device:
-            clf.to(self.device)
         pos, mask = online_boundaries(clf, self.teacher.model, batch)
         return {**batch, "boundary_pos": pos, "boundary_mask": mask}
 

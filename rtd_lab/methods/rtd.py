@@ -51,6 +51,15 @@ class RTD(StandardKD):
     def transition_projection(self) -> nn.Module:
         return self.g
 
+    def trajectory_losses(
+        self, h_s: torch.Tensor, h_t: torch.Tensor, mask: torch.Tensor, n: ItemCounts
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """L_align and L_coherence of student (B, K, D_S) and teacher (B, K, D_T) boundary states, (B, K) mask."""
+        l_align = align_loss(self.f(h_s), h_t, mask, n.chains)
+        delta_s, t_mask = transitions(h_s, mask)  # (B, K-1, D_S)
+        delta_t, _ = transitions(h_t, mask)  # (B, K-1, D_T)
+        return l_align, coherence_loss(self.g(delta_s), delta_t, t_mask, n.transition_chains)
+
     def compute_losses(self, batch: dict, n: ItemCounts) -> dict[str, torch.Tensor]:
         pos, mask = batch["boundary_pos"], batch["boundary_mask"]  # (B, K)
         s = self.student_forward(batch, hidden=True)
@@ -58,11 +67,7 @@ class RTD(StandardKD):
         kd = self.kd(s.logits, t.logits, batch["labels"], n.tokens)
 
         h_s = gather_boundaries(layer_states(s.hidden_states, self.student_layer), pos)  # (B, K, D_S)
-        h_t = t.boundary_hidden  # (B, K, D_T)
-        l_align = align_loss(self.f(h_s), h_t, mask, n.chains)
-        delta_s, t_mask = transitions(h_s, mask)  # (B, K-1, D_S)
-        delta_t, _ = transitions(h_t, mask)  # (B, K-1, D_T)
-        l_coherence = coherence_loss(self.g(delta_s), delta_t, t_mask, n.transition_chains)
+        l_align, l_coherence = self.trajectory_losses(h_s, t.boundary_hidden, mask, n)
 
         loss = kd.loss + self.w_align * l_align + self.w_coherence * l_coherence
         return {

@@ -35,9 +35,10 @@ from rtd_lab.results import depth_table, environment, train_set_stats
 from rtd_lab.rundir import check_checkpoint, claim_run_dir
 from rtd_lab.tasks.export import command_line, export_student
 from rtd_lab.tasks.rft import rft_dataset
-from rtd_lab.tasks.segment import boundary_classifier, learned_boundaries
+from rtd_lab.tasks.segment import boundary_classifier
 from rtd_lab.tasks.settings import build_context, container, method_name, student_settings, teacher_settings
 from rtd_lab.teacher_cache import CacheSpec, TeacherCache, TeacherCacheSettings, prepare_teacher_cache, teacher_identity
+from rtd_lab.traces.segment import apply_learned_boundaries
 from rtd_lab.traces.teacher import examples_from_dataset, teacher_traces
 from rtd_lab.utils import atomic_write_json, atomic_write_jsonl, config_hash, flatten
 
@@ -116,11 +117,14 @@ def prepare(cfg: DictConfig, out_dir: Path | None = None) -> Prepared:
     # The RTD paper's boundary classifier on teacher hidden states. learned_online runs it on every
     # batch's teacher states; with an offline teacher cache its boundaries are computed once instead
     # (a function of the frozen teacher and the trace: the cache holds the states at them), as learned.
+    # A method that segments text of its own (on-policy RTD: the student's samples) gets it whatever
+    # the batches' boundaries are.
     online = data.boundaries == "learned_online" and cfg.teacher_cache.mode == "off"
-    if data.boundaries == "learned" or (data.boundaries == "learned_online" and not online):
-        splits, segmenter_info = learned_boundaries(cfg, ctx, splits, tokenizer.pad_token_id, teacher)
-    elif online:
+    method_needs = getattr(hydra.utils.get_class(cfg.method["_target_"]), "needs_boundary_classifier", False)
+    if data.boundaries in ("learned", "learned_online") or method_needs:
         segmenter, segmenter_info = boundary_classifier(cfg, ctx, splits, tokenizer.pad_token_id, teacher)
+        if data.boundaries in ("learned", "learned_online") and not online:  # learned_online: with a cache
+            splits = apply_learned_boundaries(splits, tokenizer.pad_token_id, teacher.model, segmenter)
     datamodule = ReasoningDataModule.from_settings(data, splits, tokenizer.pad_token_id)
 
     evaluator = Evaluator(tokenizer, benchmark)
@@ -133,7 +137,7 @@ def prepare(cfg: DictConfig, out_dir: Path | None = None) -> Prepared:
         scheduler=hydra.utils.instantiate(cfg.optim.scheduler),
     )
     if segmenter is not None:
-        module.use_boundary_classifier(segmenter)
+        module.use_boundary_classifier(segmenter, on_batches=online)
     return Prepared(
         data,
         datamodule,

@@ -44,7 +44,13 @@ class BoundaryClassifier(ProcessRewardModel):
 def token_features(teacher_model, batch: dict) -> torch.Tensor:
     """(B, T, (L + 1) * D_T): every layer's hidden state at every token."""
     out = teacher_model(input_ids=batch["input_ids"], output_hidden_states=True, use_cache=False)
-    return torch.cat([h.float() for h in out.hidden_states], dim=-1)
+    return features_of(out.hidden_states)
+
+
+def features_of(hidden_states: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """The classifier's input from a forward pass's ``hidden_states`` (L + 1 of (B, T, D_T), the
+    embeddings first): (B, T, (L + 1) * D_T), detached."""
+    return torch.cat([h.detach().float() for h in hidden_states], dim=-1)
 
 
 def completion_mask_and_labels(batch: dict, encoded: list[Encoded]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -174,9 +180,16 @@ def online_boundaries(clf, teacher_model, batch: dict) -> tuple[torch.Tensor, to
     (B, K) positions and (B, K) mask, K the most any row has (>= 1). The same positions as
     ``predict_boundaries`` gives the batch's examples: completion tokens (labelled, not <eos>)
     with P >= the classifier's threshold."""
+    return boundaries_from_features(clf, token_features(teacher_model, batch), batch)
+
+
+@torch.no_grad()
+def boundaries_from_features(clf, features: torch.Tensor, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """``online_boundaries`` from the teacher's features of the batch already computed (``features_of``
+    on a forward pass the caller makes anyway, as on-policy RTD's teacher pass on the student's samples)."""
     input_ids = batch["input_ids"]
     T = input_ids.size(1)
-    probs = torch.sigmoid(clf(token_features(teacher_model, batch)))  # (B, T)
+    probs = torch.sigmoid(clf(features))  # (B, T)
     last = batch["attention_mask"].sum(1, keepdim=True) - 1  # the <eos> of each row
     completion = (batch["labels"] != -100) & (torch.arange(T, device=input_ids.device) < last)
     hit = (probs >= clf.threshold) & completion
