@@ -38,7 +38,8 @@ def test_the_paper_sweeps_exist():
     grid = SWEEPS["rtd_weight_grid"]
     assert len(grid["method.w_align"].split(",")) >= 3 and len(grid["method.w_coherence"].split(",")) >= 3
     for params in SWEEPS.values():  # seeds are the unit of replication: fewer than 5 is a pilot
-        assert params["seed"] == "0,1,2,3,4"
+        seeds = [int(x) for x in str(params["seed"]).split(",")]
+        assert len(set(seeds)) >= 5
 
 
 def test_the_paper_table_runs_rtd_with_the_weights_the_grid_chose(make_cfg):
