@@ -98,3 +98,17 @@ def make_cfg(tmp_path):
         return compose_cfg(list(overrides), tmp_path, tiny=tiny)
 
     return _make
+
+
+@pytest.fixture(scope="module")
+def gold_batch():
+    """(tokenizer, benchmark, one training batch of gold traces) of a tiny synthetic benchmark: the
+    on-policy methods' tests sample the student for its questions."""
+    from rtd_lab.data.datamodule import ReasoningDataModule
+    from rtd_lab.data.synthetic import SyntheticBenchmark
+    from rtd_lab.data.tokenizer import build_synthetic_tokenizer
+
+    tok = build_synthetic_tokenizer(11)
+    bm = SyntheticBenchmark(modulus=11, max_depth=3, n_train_per_depth=16, n_val_per_depth=4, n_test_per_depth=4)
+    dm = ReasoningDataModule.gold(bm, tok, 12, 12)
+    return tok, bm, next(iter(dm.train_dataloader()))

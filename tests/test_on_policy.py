@@ -5,9 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rtd_lab.data.datamodule import ReasoningDataModule
-from rtd_lab.data.synthetic import SyntheticBenchmark
-from rtd_lab.data.tokenizer import build_synthetic_tokenizer
 from rtd_lab.evaluation import Evaluator
 from rtd_lab.losses import IGNORE_INDEX, kd_loss
 from rtd_lab.methods.on_policy import OnPolicyKD, pack_completions
@@ -16,21 +13,13 @@ from rtd_lab.models.teacher import Teacher
 from tests.test_methods import tiny_lm
 
 
-@pytest.fixture(scope="module")
-def setup():
-    tok = build_synthetic_tokenizer(11)
-    bm = SyntheticBenchmark(modulus=11, max_depth=3, n_train_per_depth=16, n_val_per_depth=4, n_test_per_depth=4)
-    dm = ReasoningDataModule.gold(bm, tok, 12, 12)
-    return tok, bm, next(iter(dm.train_dataloader()))
-
-
 def module(tok, bm, **settings) -> OnPolicyKD:
     student, teacher = tiny_lm(tok, 16, seed=3), Teacher(tiny_lm(tok, 24, seed=1))
     return OnPolicyKD(student, teacher, evaluator=Evaluator(tok, bm), **settings).train()
 
 
-def test_lambda_zero_is_standard_kd(setup):
-    tok, bm, batch = setup
+def test_lambda_zero_is_standard_kd(gold_batch):
+    tok, bm, batch = gold_batch
     on_policy = module(tok, bm, lmbda=0.0)
     kd = StandardKD(tiny_lm(tok, 16, seed=3), Teacher(tiny_lm(tok, 24, seed=1)))
     n = kd.item_counts(batch)
@@ -39,8 +28,8 @@ def test_lambda_zero_is_standard_kd(setup):
     assert losses["loss"].item() == pytest.approx(expected, rel=1e-6) and losses["on_policy"] == 0
 
 
-def test_a_sampling_step_distils_on_the_students_own_completions(setup):
-    tok, bm, batch = setup
+def test_a_sampling_step_distils_on_the_students_own_completions(gold_batch):
+    tok, bm, batch = gold_batch
     m = module(tok, bm, lmbda=1.0, divergence="jsd", beta=0.5)
     torch.manual_seed(0)
     losses = m.compute_losses(batch, m.item_counts(batch))
@@ -71,8 +60,8 @@ def test_completions_become_a_right_padded_batch_with_labels_through_eos():
     assert b["split"] is None  # never read from the offline cache of the gold traces
 
 
-def test_which_steps_sample_depends_on_the_seed_and_step_only(setup):
-    tok, bm, _ = setup
+def test_which_steps_sample_depends_on_the_seed_and_step_only(gold_batch):
+    tok, bm, _ = gold_batch
     a, b, other = module(tok, bm, lmbda=0.3, seed=1), module(tok, bm, lmbda=0.3, seed=1), module(tok, bm, lmbda=0.3)
 
     def draws(m):

@@ -6,9 +6,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rtd_lab.data.datamodule import ReasoningDataModule
-from rtd_lab.data.synthetic import SyntheticBenchmark
-from rtd_lab.data.tokenizer import build_synthetic_tokenizer
 from rtd_lab.evaluation import Evaluator
 from rtd_lab.losses import IGNORE_INDEX, align_loss, coherence_loss, gather_boundaries, kd_loss, transitions
 from rtd_lab.methods.rtd import RTD
@@ -17,14 +14,6 @@ from rtd_lab.models.teacher import Teacher
 from rtd_lab.tasks.train import train
 from rtd_lab.traces.segment import BoundaryClassifier, online_boundaries, token_features
 from tests.test_methods import tiny_lm
-
-
-@pytest.fixture(scope="module")
-def setup():
-    tok = build_synthetic_tokenizer(11)
-    bm = SyntheticBenchmark(modulus=11, max_depth=3, n_train_per_depth=16, n_val_per_depth=4, n_test_per_depth=4)
-    dm = ReasoningDataModule.gold(bm, tok, 12, 12)
-    return tok, bm, next(iter(dm.train_dataloader()))
 
 
 def classifier(teacher: Teacher, batch: dict) -> BoundaryClassifier:
@@ -44,8 +33,8 @@ def module(tok, bm, batch, **settings) -> OnPolicyRTD:
     return m
 
 
-def test_lambda_zero_is_rtd_on_the_gold_boundaries(setup):
-    tok, bm, batch = setup
+def test_lambda_zero_is_rtd_on_the_gold_boundaries(gold_batch):
+    tok, bm, batch = gold_batch
     m = module(tok, bm, batch, lmbda=0.0, w_align=0.3, w_coherence=1.5)
     rtd = RTD(tiny_lm(tok, 16, seed=3), Teacher(tiny_lm(tok, 24, seed=1)), w_align=0.3, w_coherence=1.5)
     rtd.load_state_dict(m.state_dict(), strict=False)  # the same projections f, g
@@ -56,8 +45,8 @@ def test_lambda_zero_is_rtd_on_the_gold_boundaries(setup):
     assert got["coherence"].item() == pytest.approx(want["coherence"].item(), rel=1e-6) and got["on_policy"] == 0
 
 
-def test_a_sampling_step_aligns_at_the_classifiers_boundaries_on_the_sample(setup):
-    tok, bm, batch = setup
+def test_a_sampling_step_aligns_at_the_classifiers_boundaries_on_the_sample(gold_batch):
+    tok, bm, batch = gold_batch
     m = module(tok, bm, batch, lmbda=1.0, w_align=0.3, w_coherence=1.5, divergence="jsd", beta=0.5)
     torch.manual_seed(0)
     losses = m.compute_losses(batch, m.item_counts(batch))
@@ -88,8 +77,8 @@ def test_a_sampling_step_aligns_at_the_classifiers_boundaries_on_the_sample(setu
     assert m.compute_losses(batch, m.item_counts(batch))["on_policy"] == 0
 
 
-def test_a_sampling_step_without_a_classifier_says_so(setup):
-    tok, bm, batch = setup
+def test_a_sampling_step_without_a_classifier_says_so(gold_batch):
+    tok, bm, batch = gold_batch
     m = OnPolicyRTD(tiny_lm(tok, 16), Teacher(tiny_lm(tok, 24)), evaluator=Evaluator(tok, bm), lmbda=1.0).train()
     with pytest.raises(RuntimeError, match="use_boundary_classifier"):
         m.compute_losses(batch, m.item_counts(batch))

@@ -51,14 +51,21 @@ class RTD(StandardKD):
     def transition_projection(self) -> nn.Module:
         return self.g
 
-    def trajectory_losses(
-        self, h_s: torch.Tensor, h_t: torch.Tensor, mask: torch.Tensor, n: ItemCounts
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """L_align and L_coherence of student (B, K, D_S) and teacher (B, K, D_T) boundary states, (B, K) mask."""
+    def rtd_losses(
+        self, kd_loss: torch.Tensor, h_s: torch.Tensor, h_t: torch.Tensor, mask: torch.Tensor, n: ItemCounts
+    ) -> dict[str, torch.Tensor]:
+        """L_RTD = L_KD + w_align * L_align + w_coherence * L_coherence, and its logged parts, from the KD
+        term and the student (B, K, D_S) and teacher (B, K, D_T) boundary states with their (B, K) mask."""
         l_align = align_loss(self.f(h_s), h_t, mask, n.chains)
         delta_s, t_mask = transitions(h_s, mask)  # (B, K-1, D_S)
         delta_t, _ = transitions(h_t, mask)  # (B, K-1, D_T)
-        return l_align, coherence_loss(self.g(delta_s), delta_t, t_mask, n.transition_chains)
+        l_coherence = coherence_loss(self.g(delta_s), delta_t, t_mask, n.transition_chains)
+        return {
+            "loss": kd_loss + self.w_align * l_align + self.w_coherence * l_coherence,
+            "kd": kd_loss.detach(),
+            "align": l_align.detach(),
+            "coherence": l_coherence.detach(),
+        }
 
     def compute_losses(self, batch: dict, n: ItemCounts) -> dict[str, torch.Tensor]:
         pos, mask = batch["boundary_pos"], batch["boundary_mask"]  # (B, K)
@@ -67,12 +74,4 @@ class RTD(StandardKD):
         kd = self.kd(s.logits, t.logits, batch["labels"], n.tokens)
 
         h_s = gather_boundaries(layer_states(s.hidden_states, self.student_layer), pos)  # (B, K, D_S)
-        l_align, l_coherence = self.trajectory_losses(h_s, t.boundary_hidden, mask, n)
-
-        loss = kd.loss + self.w_align * l_align + self.w_coherence * l_coherence
-        return {
-            "loss": loss,
-            "kd": kd.loss.detach(),
-            "align": l_align.detach(),
-            "coherence": l_coherence.detach(),
-        }
+        return self.rtd_losses(kd.loss, h_s, t.boundary_hidden, mask, n)

@@ -11,7 +11,7 @@ they come from the RTD paper's boundary classifier, run on the teacher's hidden 
     otherwise:                L = L_RTD on the gold traces (their own boundaries, ``data.boundaries``)
 
 L_on is on-policy KD's divergence on the sampled tokens (no cross-entropy: the tokens are the
-student's); L_align and L_coherence are RTD's (``RTD.trajectory_losses``) at the found boundaries,
+student's); L_align and L_coherence are RTD's (``RTD.rtd_losses``) at the found boundaries,
 both models' states taken from the same sampled sequence. The teacher runs once per sample: one pass
 gives its logits and every layer's states, from which the classifier's features and the boundary
 states both come. ``lmbda = 0`` is RTD; the curriculum (RTD's depth curriculum) filters the questions
@@ -54,14 +54,10 @@ class OnPolicyRTD(OnPolicyKD, RTD):
         kd = self.kd_on_policy(s.logits, t.logits, sampled["labels"], n_s.tokens)
         h_s = gather_boundaries(layer_states(s.hidden_states, self.student_layer), pos)  # (B, K, D_S)
         h_t = gather_boundaries(layer_states(t.layer_hidden, self.teacher.layer), pos)  # (B, K, D_T)
-        l_align, l_coherence = self.trajectory_losses(h_s, h_t, mask, n_s)
-        loss = kd.loss + self.w_align * l_align + self.w_coherence * l_coherence
+        losses = self.rtd_losses(kd.loss, h_s, h_t, mask, n_s)
         return {
-            "loss": loss,
-            "kd": kd.loss.detach(),
-            "align": l_align.detach(),
-            "coherence": l_coherence.detach(),
-            "on_policy": loss.new_ones(()),
+            **losses,
+            "on_policy": losses["loss"].new_ones(()),
             "sample_len": (sampled["labels"] != IGNORE_INDEX).sum(1).float().mean(),
             "sample_steps": mask.sum(1).float().mean(),  # boundaries the classifier found per sample
         }
