@@ -325,6 +325,8 @@ def build_report(
         "within": list(within) if within else None,
         "baseline_arms": bases,
         "teacher": teacher,
+        # A sweep whose blocks each train their own teacher reports the teachers' mean; say how many.
+        "teacher_instances": len({json.dumps(r["teacher"].get("key"), sort_keys=True) for r in runs}),
         "chain_acc": table,
         "vs_baseline": comparison,
         "selection": selection,
@@ -447,7 +449,7 @@ def report_markdown(rep: dict, sweep_dir: str) -> str:
     lines += [
         "Chain accuracy by depth, mean ± 95 % CI over seeds (Student-t); n = seeds per arm:",
         "",
-        "| depth | teacher | " + " | ".join(f"{n} (n={arms[n]['n']})" for n in names) + " |",
+        f"| depth | {_teacher_header(rep)} | " + " | ".join(f"{n} (n={arms[n]['n']})" for n in names) + " |",
         "|---|---|" + "---|" * len(names),
     ]
     rows = [(str(d), f"chain_acc/depth_{d}") for d in depths] + [("all", "chain_acc")]
@@ -707,14 +709,20 @@ def load_results(dirs: list[str | Path]) -> list[dict]:
     return runs
 
 
+def _teacher_header(rep: dict) -> str:
+    k = rep.get("teacher_instances", 1)
+    return "teacher" if k <= 1 else f"teachers (mean of {k})"
+
+
 def summarize(runs: list[dict], metric: str = "chain_acc") -> str:
     if not runs:
         raise ValueError("no results.json found under the given directories")
     by_method: dict[str, list[dict]] = defaultdict(list)
     for r in runs:
         by_method[r.get("run", r["method"])].append(r["student"]["metrics"])  # ablations share a method
-    # The teacher is the same for every run of a sweep: report it once, averaged like the rest.
-    groups = {"teacher (n=1)": [r["teacher"]["metrics"] for r in runs]}
+    # Report the teacher once, averaged over the runs (a sweep may give each seed its own teacher).
+    k = len({json.dumps(r["teacher"].get("key"), sort_keys=True) for r in runs})
+    groups = {f"teacher (n={k})": [r["teacher"]["metrics"] for r in runs]}
     groups |= {f"{name} (n={len(ms)})": ms for name, ms in by_method.items()}
     columns = {name: {k: mean(m[k] for m in ms) for k in ms[0]} for name, ms in groups.items()}
     return depth_table(runs[0]["depths"], columns, metric)

@@ -52,6 +52,14 @@ def test_the_paper_table_runs_rtd_with_the_weights_the_grid_chose(make_cfg):
     assert OmegaConf.to_container(tuned.method) == OmegaConf.to_container(paper.method)
 
 
+def test_the_paper_table_gives_each_block_its_own_teacher(make_cfg):
+    """A block (seed) of paper_table trains its own teacher, so the table's CI covers the teacher
+    instance; the other sweeps share one teacher across seeds."""
+    blocks = [make_cfg("+experiment=paper_table", f"seed={s}") for s in (0, 3)]
+    assert [c.teacher.train.seed for c in blocks] == [0, 3]
+    assert make_cfg("+experiment=ablations", "seed=3").teacher.train.seed == 0
+
+
 @pytest.mark.parametrize("name", sorted(set(SINGLE) - LOOPS))
 def test_every_experiment_file_trains_and_evaluates(make_cfg, monkeypatch, name):
     if name.startswith("rft_"):  # a 3-step tiny teacher samples nothing FILTER keeps: script its samples

@@ -159,6 +159,22 @@ def test_a_constant_seed_setting_does_not_split_seed_zero_off():
     assert sorted(group_arms(other)) == ["cot_ft[data.benchmark.seed=0]", "cot_ft[data.benchmark.seed=7]"]
 
 
+def test_a_teacher_per_seed_is_one_arm_and_the_report_says_how_many_teachers():
+    """paper_table gives each block its own teacher (teacher.train.seed = the seed): the seed, not an arm."""
+    runs = []
+    for s in range(3):
+        for name in ("cot_ft", "rtd"):
+            run = _run(name, s, 0.6 + s / 100, teacher={"train": {"seed": s}})
+            run["teacher"]["key"] = {"train_seed": s}
+            runs.append(run)
+    rep = build_report(runs, [])
+    assert {k: v["n"] for k, v in rep["chain_acc"].items()} == {"cot_ft": 3, "rtd": 3}
+    assert rep["teacher_instances"] == 3
+    assert "| depth | teachers (mean of 3) | cot_ft (n=3) | rtd (n=3) |" in report_markdown(rep, "sweep")
+    one = [_run(name, s, 0.6) for s in range(2) for name in ("cot_ft", "rtd")]
+    assert "| depth | teacher | " in report_markdown(build_report(one, []), "sweep")
+
+
 def test_report_tests_over_seeds_and_keeps_per_seed_values():
     a = [0.712, 0.695, 0.731, 0.688, 0.705]
     b = [0.681, 0.702, 0.664, 0.671, 0.690]

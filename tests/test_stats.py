@@ -17,11 +17,27 @@ from rtd_lab.stats import (
     paired_t,
     permutation_p,
     question_bootstrap_ci,
+    rerun_interval,
     welch,
 )
 
 A = [0.712, 0.695, 0.731, 0.688, 0.705]
 B = [0.681, 0.702, 0.664, 0.671, 0.690]
+
+
+def test_a_rerun_lands_outside_the_prediction_interval_one_time_in_twenty():
+    """The CI is for the true mean: a same-sized rerun's mean falls outside it far more often than 5 %."""
+    rng = np.random.default_rng(0)
+    first, rerun = rng.normal(size=(20_000, 5)), rng.normal(size=(20_000, 5))
+    outside_pi = outside_ci = 0
+    for a, b in zip(first, rerun, strict=True):
+        m, h = rerun_interval(a)
+        outside_pi += abs(b.mean() - m) > h
+        outside_ci += abs(b.mean() - m) > mean_ci(a)[1]
+    assert 0.04 < outside_pi / 20_000 < 0.06
+    assert 0.10 < outside_ci / 20_000 < 0.14
+    assert rerun_interval([0.0, 1.0, 2.0], n_new=3)[1] == pytest.approx(mean_ci([0.0, 1.0, 2.0])[1] * math.sqrt(2))
+    assert np.isnan(rerun_interval([0.5])[1])
 
 
 def test_mean_ci_is_student_t():

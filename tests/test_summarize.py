@@ -7,7 +7,7 @@ import pytest
 from rtd_lab.report import load_results, per_seed_table, summarize
 
 
-def _result(path, method, seed, acc):
+def _result(path, method, seed, acc, teacher_key=None):
     path.mkdir(parents=True)
     metrics = {"chain_acc": acc, "chain_acc/depth_1": acc, "chain_acc/depth_2": acc / 2}
     teacher = {"chain_acc": 1.0, "chain_acc/depth_1": 1.0, "chain_acc/depth_2": 1.0}
@@ -18,7 +18,7 @@ def _result(path, method, seed, acc):
                 "seed": seed,
                 "depths": [1, 2],
                 "student": {"metrics": metrics},
-                "teacher": {"metrics": teacher},
+                "teacher": {"metrics": teacher, "key": teacher_key},
             }
         )
     )
@@ -32,6 +32,12 @@ def test_mean_over_seeds_per_method(tmp_path):
     assert "| depth | teacher (n=1) | rtd (n=2) | standard_kd (n=1) |" in table
     assert "| 1 | 1.000 | 0.300 | 0.500 |" in table
     assert "| 2 | 1.000 | 0.150 | 0.250 |" in table
+
+
+def test_the_teacher_column_counts_its_instances(tmp_path):
+    for s in range(3):
+        _result(tmp_path / str(s), "rtd", s, 0.2, teacher_key={"seed": s})
+    assert "| depth | teacher (n=3) | rtd (n=3) |" in summarize(load_results([tmp_path]))
 
 
 def test_per_seed_table_names_missing_seeds(tmp_path):
