@@ -326,7 +326,7 @@ def build_report(
         "baseline_arms": bases,
         "teacher": teacher,
         # A sweep whose blocks each train their own teacher reports the teachers' mean; say how many.
-        "teacher_instances": len({json.dumps(r["teacher"].get("key"), sort_keys=True) for r in runs}),
+        "teacher_instances": teacher_instances(runs),
         "chain_acc": table,
         "vs_baseline": comparison,
         "selection": selection,
@@ -709,6 +709,11 @@ def load_results(dirs: list[str | Path]) -> list[dict]:
     return runs
 
 
+def teacher_instances(runs: list[dict]) -> int:
+    """How many distinct teachers the runs used (by their cache key)."""
+    return len({json.dumps(r["teacher"].get("key"), sort_keys=True) for r in runs})
+
+
 def _teacher_header(rep: dict) -> str:
     k = rep.get("teacher_instances", 1)
     return "teacher" if k <= 1 else f"teachers (mean of {k})"
@@ -721,8 +726,7 @@ def summarize(runs: list[dict], metric: str = "chain_acc") -> str:
     for r in runs:
         by_method[r.get("run", r["method"])].append(r["student"]["metrics"])  # ablations share a method
     # Report the teacher once, averaged over the runs (a sweep may give each seed its own teacher).
-    k = len({json.dumps(r["teacher"].get("key"), sort_keys=True) for r in runs})
-    groups = {f"teacher (n={k})": [r["teacher"]["metrics"] for r in runs]}
+    groups = {f"teacher (n={teacher_instances(runs)})": [r["teacher"]["metrics"] for r in runs]}
     groups |= {f"{name} (n={len(ms)})": ms for name, ms in by_method.items()}
     columns = {name: {k: mean(m[k] for m in ms) for k in ms[0]} for name, ms in groups.items()}
     return depth_table(runs[0]["depths"], columns, metric)

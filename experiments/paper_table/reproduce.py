@@ -56,10 +56,11 @@ def fmt_ci(values) -> str:
     return f"{m:.3f} ± {h:.3f}"
 
 
-def inside(values_second, values_first, interval=mean_ci) -> bool:
-    """Whether the second run's mean lies inside the first run's 95 % interval (CI, or ``rerun_interval``)."""
+def inside(values_second, values_first, predict: bool = False) -> bool:
+    """Whether the second run's mean lies inside the first run's 95 % CI (or, with ``predict``, its
+    prediction interval for a rerun of the second run's size)."""
     first, second = list(values_first), list(values_second)
-    m1, h1 = interval(first) if interval is mean_ci else interval(first, len(second))
+    m1, h1 = rerun_interval(first, len(second)) if predict else mean_ci(first)
     return abs(sum(second) / len(second) - m1) <= h1
 
 
@@ -81,7 +82,7 @@ def main(first: Path, second: Path, labels: tuple[str, str], out: Path) -> dict:
             both = {**va, **vb}
             shift = welch(list(vb.values()), list(va.values()))
             ok = inside(vb.values(), va.values())
-            ok_pi = inside(vb.values(), va.values(), rerun_interval)
+            ok_pi = inside(vb.values(), va.values(), predict=True)
             row = {la: va, lb: vb, "second_inside_first_ci": ok, "second_inside_first_prediction_interval": ok_pi}
             row |= {"shift": shift["delta"], "shift_p": shift["p"]}
             yes = {True: "yes", False: "**no**"}
