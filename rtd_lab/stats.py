@@ -54,15 +54,9 @@ def rerun_interval(values, n_new: int | None = None, level: float = 0.95) -> tup
     noise: a rerun of 5 seeds falls outside the first 5 seeds' 95 % CI one time in eight even when nothing
     differs, and outside this interval one time in twenty.
     """
-    from scipy import stats
-
-    x = np.asarray(values, dtype=float)
-    n_new = x.size if n_new is None else n_new
-    m = float(x.mean())
-    if x.size < 2:
-        return m, float("nan")
-    t = stats.t.ppf(0.5 + level / 2, x.size - 1)
-    return m, float(t * x.std(ddof=1) * math.sqrt(1 / x.size + 1 / n_new))
+    n = len(values)
+    m, h = mean_ci(values, level)  # t · s · sqrt(1/n), widened by the rerun's own noise
+    return m, h * math.sqrt(1 + n / (n if n_new is None else n_new))
 
 
 def welch(a, b, level: float = 0.95) -> dict:

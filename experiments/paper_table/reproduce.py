@@ -7,9 +7,9 @@ config, or with other seeds — is a fresh draw of blocks. For every arm this pr
 "rerunning the README command reproduces its table within the stated CI") and inside the first
 run's 95 % prediction interval for a rerun's mean (the CI is for the true mean; a rerun of 5 seeds
 misses it one time in eight when nothing differs, the prediction interval one time in twenty), and
-the Welch p that the two runs differ; then each arm against the baseline paired over the blocks of both runs (the
-baseline's block s and the arm's block s share teacher, base and batch order), whether that gain
-differs between runs, and the focus method against every other arm.
+the Welch p that the two runs differ; then each arm against the baseline paired over the blocks of
+both runs (the baseline's block s and the arm's block s share teacher, base and batch order),
+whether that gain differs between runs, and the focus method against every other arm.
 
     python experiments/paper_table/reproduce.py                  # report.json vs rerun/report.json
     python experiments/paper_table/reproduce.py FIRST SECOND --labels A B --out history/instances_ab/instances
