@@ -7,11 +7,19 @@ Two questions a comparison of methods must keep apart:
 * **how fast it transfers it** (sample efficiency): the area under the validation learning curve,
   ``aulc`` = the trapezoid area under chain accuracy over training steps, from step 0 (the student
   as it starts) to the last step, divided by the number of steps: 1.0 is a student right from the
-  first step, and two methods that end equal but learn at different speeds differ here.
+  first step, and two methods that end equal but learn at different speeds differ here. When runs
+  train for different numbers of steps (a schedule that decays on the plateau) the area is taken
+  over the steps every run shares, up to the schedule's ``earliest_decay``: a longer run must not
+  score higher for the extra steps it spent at its plateau.
 
 Every ``every_n_steps`` optimizer steps (and at steps 0 and the last) the student generates greedily
 for the validation prompts; the curve goes to ``results.json`` (``student.learning_curve``), to the
 loggers as ``val/chain_acc`` and into checkpoints, so a resumed run continues it.
+
+Converged: with ``optim.scheduler`` = ``warmup_stable_decay_on_plateau`` the run trains until this curve
+stalls (each check is handed to the schedule, which starts its decay and then stops the run), and a
+run converged when the plateau test, not the step cap, ended its stable phase. With a fixed schedule,
+when its last ``plateau_window`` checks lie within ``plateau_tolerance`` of each other.
 """
 
 from __future__ import annotations
@@ -21,6 +29,8 @@ import logging
 import lightning as L
 import numpy as np
 from lightning.pytorch.callbacks import Callback
+
+from rtd_lab.optim import PlateauDecay
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +64,15 @@ class LearningCurve(Callback):
         self.tolerance = plateau_tolerance
         self.steps: list[int] = []
         self.chain_acc: list[float] = []
+        self.schedule: PlateauDecay | None = None  # a schedule that decays on this curve's plateau
+
+    @staticmethod
+    def _plateau_schedule(trainer: L.Trainer) -> PlateauDecay | None:
+        for config in trainer.lr_scheduler_configs:
+            for factor in getattr(config.scheduler, "lr_lambdas", []):
+                if isinstance(factor, PlateauDecay):
+                    return factor
+        return None
 
     def _measure(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         step = trainer.global_step
@@ -65,29 +84,42 @@ class LearningCurve(Callback):
         metrics, _ = evaluator.evaluate(module.student, dm.val_dataloader(), "val curve")
         self.steps.append(step)
         self.chain_acc.append(metrics["chain_acc"])
+        if self.schedule is not None:
+            self.schedule.observe(step, self.chain_acc)
         if trainer.is_global_zero:  # straight to the loggers: Lightning's self.log is closed at on_train_end
             for logger in trainer.loggers:
                 logger.log_metrics({"val/chain_acc": metrics["chain_acc"]}, step=step)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.schedule = self._plateau_schedule(trainer)
         if not self.steps:  # a resumed run brings its curve in the checkpoint
             self._measure(trainer, pl_module)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step % self.every == 0:
             self._measure(trainer, pl_module)
+        if self.schedule is not None and self.schedule.finished(trainer.global_step):
+            trainer.should_stop = True  # the decay after the plateau is done
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._measure(trainer, pl_module)
 
     def summary(self) -> dict:
-        return {
+        horizon = self.schedule.earliest if self.schedule is not None else None
+        shared = [(t, v) for t, v in zip(self.steps, self.chain_acc, strict=True) if horizon is None or t <= horizon]
+        summary = {
             "steps": self.steps,
             "chain_acc": self.chain_acc,
-            "aulc": aulc(self.steps, self.chain_acc),
+            "aulc": aulc([t for t, _ in shared], [v for _, v in shared]),
             "converged": plateaued(self.chain_acc, self.window, self.tolerance),
             "plateau": {"window": self.window, "tolerance": self.tolerance},
         }
+        if self.schedule is not None:
+            s = self.schedule
+            summary["converged"] = s.reason == "plateau"
+            summary["plateau"] = {"patience": s.patience, "min_delta": s.min_delta, "earliest": s.earliest}
+            summary |= {"decay_start": s.start(), "decay_reason": s.reason, "aulc_steps": horizon}
+        return summary
 
     def state_dict(self) -> dict:
         return {"steps": self.steps, "chain_acc": self.chain_acc}

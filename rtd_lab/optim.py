@@ -66,3 +66,96 @@ def warmup_stable_decay(
         return 1.0 - (1.0 - min_lr_ratio) * progress
 
     return LambdaLR(optimizer, factor)
+
+
+class PlateauDecay:
+    """The learning-rate factor of ``warmup_stable_decay_on_plateau``: a callable object, so ``LambdaLR``
+    saves its ``__dict__`` (``decay_start`` with it) in checkpoints and a resumed run keeps its decay.
+
+    ``observe`` receives the validation curve (``rtd_lab.learning_curve.LearningCurve`` calls it after each
+    check) and starts the decay once the curve has stalled; ``finished`` says when training should stop.
+    """
+
+    def __init__(
+        self, total: int, warmup: int, decay_steps: int, earliest: int, patience: int, min_delta: float, floor: float
+    ):
+        self.total, self.warmup, self.decay_steps = total, warmup, decay_steps
+        self.earliest, self.patience, self.min_delta, self.floor = earliest, patience, min_delta, floor
+        self.decay_start: int | None = None  # set by the plateau test; None: decay_steps before the cap
+
+    def start(self) -> int:
+        """The step the decay starts at: where the plateau test fired, else ``decay_steps`` before the cap."""
+        return self.decay_start if self.decay_start is not None else self.total - self.decay_steps
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        start = self.start()
+        if step < start:
+            return 1.0
+        return max(self.floor, 1.0 - (1.0 - self.floor) * (step - start) / self.decay_steps)
+
+    def observe(self, step: int, values: list[float]) -> None:
+        """Start the decay at ``step`` when the best of the last ``patience`` checks does not beat the best
+        before them by ``min_delta`` (early stopping's test, on the stable phase only)."""
+        if self.decay_start is not None or step < self.earliest or step >= self.start():
+            return
+        recent, before = values[-self.patience :], values[: -self.patience]
+        if before and max(recent) < max(before) + self.min_delta:
+            self.decay_start = step
+
+    @property
+    def reason(self) -> str:
+        """Why the decay starts where it does: "plateau" (the curve stalled) or "cap" (``max_steps`` came first)."""
+        return "plateau" if self.decay_start is not None else "cap"
+
+    def finished(self, step: int) -> bool:
+        return step >= self.start() + self.decay_steps
+
+
+def warmup_stable_decay_on_plateau(
+    optimizer: Optimizer,
+    total_steps: int,
+    warmup_steps: int = 40,
+    decay_steps: int = 400,
+    earliest_decay: int = 1500,
+    patience: int = 4,
+    min_delta: float = 0.01,
+    min_lr_ratio: float = 0.0,
+    field: str = "optim.scheduler",
+) -> LambdaLR:
+    """Warm-up / stable **until the validation curve stalls** / decay, then stop: each run trains to its
+    own plateau instead of a fixed budget, with ``total_steps`` (the trainer's ``max_steps``) as a cap.
+
+    Why: a fixed budget that is past one method's plateau can stop another inside its climb (measured on
+    the paper table at 2,000 steps: the validation curve had flattened in every standard KD and cot_ft
+    run, in 4 of 10 FitNets and 4 of 10 step_reward runs). A comparison at a fixed budget then measures
+    learning speed, not what a method transfers. The test is early stopping's,
+    applied to the peak-rate phase: after step ``earliest_decay``, once the best validation chain
+    accuracy of the last ``patience`` checks does not beat the best before them by ``min_delta``, the
+    rate decays linearly to ``min_lr_ratio`` over ``decay_steps`` (which anneals what was learned) and
+    training stops. A run that never stalls starts its decay ``decay_steps`` before the cap; its curve
+    records ``decay_reason: cap``, and it does not count as converged.
+
+    ``earliest_decay`` keeps the decay out of the first steps, where a curriculum's early stages hold the
+    validation curve flat by design. The curve comes from ``callbacks.learning_curve``, which is required.
+    """
+    _check(0.0, min_lr_ratio, field)
+    total = max(int(total_steps), 1)
+    for name, value, low in (
+        ("warmup_steps", warmup_steps, 1),
+        ("decay_steps", decay_steps, 1),
+        ("earliest_decay", earliest_decay, 0),
+        ("patience", patience, 1),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{field}.{name} must be an integer >= {low}, got {value!r}")
+    if not 0 <= min_delta < 1:
+        raise ValueError(f"{field}.min_delta must be in [0, 1), got {min_delta}")
+    if warmup_steps + decay_steps > total:
+        raise ValueError(
+            f"{field}: warmup_steps + decay_steps ({warmup_steps} + {decay_steps}) exceed the {total} training "
+            "steps (trainer.max_steps)"
+        )
+    schedule = PlateauDecay(total, warmup_steps, decay_steps, earliest_decay, patience, min_delta, min_lr_ratio)
+    return LambdaLR(optimizer, schedule)

@@ -269,6 +269,7 @@ def build_report(
         row["dirs"] = [r.get("_dir") for r in rs]
         curves = [r["student"].get("learning_curve") or {} for r in rs]
         row["converged"] = [curve.get("converged") for curve in curves]  # per seed; None: no curve recorded
+        row["steps_trained"] = [(curve.get("steps") or [None])[-1] for curve in curves]  # differs on a plateau schedule
         values[name] = {}
         for k in keys + ["answer_acc", "step_acc"]:
             per_seed = [_metrics(r, depths).get(k) for r in rs]
@@ -464,11 +465,12 @@ def report_markdown(rep: dict, sweep_dir: str) -> str:
         "",
         "Per seed (chain accuracy, all depths), SD over seeds, and the validation learning curve's area "
         "(val AULC: mean validation chain accuracy over the checks of training — sample efficiency, not the "
-        "converged accuracy), and how many runs had converged (their last validation checks within the "
-        "plateau tolerance of `callbacks.learning_curve`):",
+        "converged accuracy), how many runs had converged (on a plateau schedule: the plateau test, not the "
+        "step cap, ended the run's stable phase; else its last validation checks within the plateau "
+        "tolerance of `callbacks.learning_curve`) and the steps each trained:",
         "",
-        "| arm | seeds | per seed | mean | SD | val AULC | converged |",
-        "|---|---|---|---|---|---|---|",
+        "| arm | seeds | per seed | mean | SD | val AULC | converged | steps |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for n in names:
         ca = arms[n]["chain_acc"]
@@ -476,7 +478,8 @@ def report_markdown(rep: dict, sweep_dir: str) -> str:
         aulc_cell = f"{_fmt(aulc['mean'])} ± {_fmt(aulc['ci95'])}" if aulc else "–"
         lines.append(
             f"| {n} | {', '.join(map(str, arms[n]['seeds']))} | {' / '.join(_fmt(v) for v in ca['per_seed'])} | "
-            f"{_fmt(ca['mean'])} | {_fmt(ca['sd'])} | {aulc_cell} | {_converged_cell(arms[n].get('converged'))} |"
+            f"{_fmt(ca['mean'])} | {_fmt(ca['sd'])} | {aulc_cell} | {_converged_cell(arms[n].get('converged'))} | "
+            f"{' / '.join('–' if t is None else str(t) for t in arms[n].get('steps_trained') or [])} |"
         )
     lines += selection_table(rep)
     within = rep.get("within")

@@ -16,7 +16,8 @@ from rtd_lab.data.synthetic import SyntheticBenchmark
 from rtd_lab.data.tokenizer import build_synthetic_tokenizer
 from rtd_lab.learning_curve import LearningCurve, aulc, plateaued
 from rtd_lab.models.pretrain import TraceTraining, UntilLearned
-from rtd_lab.optim import warmup_stable_decay
+from rtd_lab.optim import warmup_stable_decay, warmup_stable_decay_on_plateau
+from rtd_lab.tasks.preflight import check_config
 from rtd_lab.tasks.settings import build_context, student_settings
 from rtd_lab.tasks.train import train
 from tests.helpers import data_settings
@@ -35,6 +36,83 @@ def test_wsd_holds_the_peak_until_the_decay_then_anneals_to_the_floor():
     assert f[100] == pytest.approx(0.0)
     with pytest.raises(ValueError, match="optim.scheduler.decay_ratio"):
         warmup_stable_decay(opt, 100, warmup_ratio=0.5, decay_ratio=0.6)
+
+
+def _plateau(total=1000, **kwargs):
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    settings = dict(warmup_steps=10, decay_steps=100, earliest_decay=200, patience=3, min_delta=0.01) | kwargs
+    return warmup_stable_decay_on_plateau(opt, total, **settings)
+
+
+def test_plateau_schedule_decays_once_the_curve_stalls_after_the_earliest_step():
+    f = _plateau(total=3000, earliest_decay=500).lr_lambdas[0]
+    curve = [0.1, 0.2, 0.2, 0.2, 0.2, 0.5, 0.6, 0.61, 0.615, 0.6, 0.605]  # checks every 100 steps
+    for i in range(len(curve)):
+        f.observe(100 * i, curve[: i + 1])
+        if i == 4:  # flat at 0.2 over steps 100-400 (a curriculum's early stage), before earliest_decay
+            assert f.decay_start is None
+    # the best, 0.615 at 800; at 1000 the last 3 checks (0.615, 0.6, 0.605) beat the best before them
+    # (0.61 at 700) by less than 0.01: stalled
+    assert f.decay_start == 1000 and f.reason == "plateau"
+
+
+def test_plateau_schedule_keeps_the_peak_while_the_curve_climbs_and_resumes_its_decay():
+    curve = [0.0, 0.1, 0.2, 0.3, 0.32, 0.34, 0.36, 0.37, 0.37, 0.37, 0.372]
+    schedule = _plateau(total=3000)
+    f = schedule.lr_lambdas[0]
+    for i in range(len(curve)):
+        f.observe(100 * i, curve[: i + 1])
+        assert f.decay_start is None or i == 10  # climbing by >= 0.01 per 3 checks until step 900
+    # the last 3 checks (0.37, 0.37, 0.372) beat the best before them (0.37 at 700) by < 0.01: stalled
+    assert f.decay_start == 1000 and f.reason == "plateau"
+    assert f(5) == pytest.approx(0.6) and f(999) == 1.0 and f(1050) == pytest.approx(0.5) and f(1100) == 0.0
+    assert not f.finished(1099) and f.finished(1100)
+    # Exact resume: the decay's start travels in the scheduler's state (a callable object's __dict__).
+    resumed = _plateau(total=3000)
+    resumed.load_state_dict(schedule.state_dict())
+    assert resumed.lr_lambdas[0].decay_start == 1000 and resumed.lr_lambdas[0](1050) == pytest.approx(0.5)
+
+
+def test_plateau_schedule_that_never_stalls_decays_before_the_cap():
+    f = _plateau(total=1000).lr_lambdas[0]
+    for i in range(11):
+        f.observe(100 * i, [0.09 * k for k in range(i + 1)])  # climbing 0.09 per check, never stalled
+    assert f.decay_start is None and f.reason == "cap" and f.start() == 900
+    assert f(899) == 1.0 and f(950) == pytest.approx(0.5) and not f.finished(999) and f.finished(1000)
+
+
+@pytest.mark.parametrize(
+    "override, field",
+    [
+        ("optim.scheduler.patience=0", "optim.scheduler.patience"),
+        ("optim.scheduler.min_delta=1.5", "optim.scheduler.min_delta"),
+        ("optim.scheduler.decay_steps=10", r"warmup_steps \+ decay_steps"),
+        ("callbacks.learning_curve=null", "callbacks.learning_curve"),
+    ],
+)
+def test_plateau_schedule_settings_are_checked_before_anything_is_built(make_cfg, override, field):
+    base = ("optim=adamw_wsd_plateau", "optim.scheduler.warmup_steps=1", "optim.scheduler.decay_steps=2")
+    cfg = make_cfg(*base, override)
+    with pytest.raises(ValueError, match=field):
+        check_config(cfg)
+
+
+def test_a_run_on_the_plateau_schedule_stops_after_its_decay_and_reports_why(make_cfg):
+    cfg = make_cfg(
+        "+experiment=cot_ft",
+        "optim=adamw_wsd_plateau",
+        "optim.scheduler.warmup_steps=1",
+        "optim.scheduler.decay_steps=4",
+        "optim.scheduler.earliest_decay=0",
+        "optim.scheduler.patience=2",
+        "optim.scheduler.min_delta=0.9",  # a tiny student's curve cannot gain 0.9: stalled at the third check
+        "trainer.max_steps=40",
+    )
+    check_config(cfg)
+    curve = train(cfg)["student"]["learning_curve"]
+    # checks every 2 steps: 0, 2, 4 -> stalled at 4, decays over 4 steps, stops at 8 of the 40 allowed
+    assert curve["decay_start"] == 4 and curve["decay_reason"] == "plateau" and curve["converged"]
+    assert curve["steps"][-1] == 8 and curve["aulc_steps"] == 0
 
 
 class _Trainer:

@@ -248,6 +248,7 @@ def check_known(cfg: DictConfig) -> None:
         ("warmup_ratio", 0, 1, False),
         ("decay_ratio", 0, 1, True),
         ("min_lr_ratio", 0, 1, True),
+        ("min_delta", 0, 1, False),
     ):
         if name in scheduler:
             v = scheduler[name]
@@ -261,6 +262,8 @@ def check_known(cfg: DictConfig) -> None:
     if task == "train" and "max_steps" in trainer:
         # Training is counted in steps; Lightning reads -1 as "no limit" (1,000 epochs by default).
         _int_at_least(trainer.max_steps, 1, "trainer.max_steps")
+    if task == "train" and str(scheduler.get("_target_", "")).endswith(".warmup_stable_decay_on_plateau"):
+        check_plateau_schedule(cfg, scheduler)
     interval = trainer.get("val_check_interval")
     if interval is not None:
         if isinstance(interval, bool) or not isinstance(interval, int | float) or interval <= 0:
@@ -271,6 +274,25 @@ def check_known(cfg: DictConfig) -> None:
             raise ValueError(f"trainer.val_check_interval as a fraction of an epoch must be <= 1, got {interval}")
     for who in ("teacher", "student"):
         check_pretrained(OmegaConf.select(cfg, f"{who}.pretrained"), f"{who}.pretrained")
+
+
+def check_plateau_schedule(cfg: DictConfig, scheduler: Mapping) -> None:
+    """The decay-on-plateau schedule reads the validation curve and fits inside the step cap."""
+    for name, low in (("warmup_steps", 1), ("decay_steps", 1), ("earliest_decay", 0), ("patience", 1)):
+        if name in scheduler:
+            _int_at_least(scheduler[name], low, f"optim.scheduler.{name}")
+    if not OmegaConf.select(cfg, "callbacks.learning_curve"):
+        raise ValueError(
+            "optim.scheduler: warmup_stable_decay_on_plateau decays when the validation curve of "
+            "callbacks.learning_curve stalls, and callbacks.learning_curve is not set (callbacks=default, "
+            "or a fixed schedule: optim=adamw_wsd)"
+        )
+    max_steps = OmegaConf.select(cfg, "trainer.max_steps")
+    warmup, decay = scheduler.get("warmup_steps", 40), scheduler.get("decay_steps", 400)
+    if isinstance(max_steps, int) and warmup + decay > max_steps:
+        raise ValueError(
+            f"optim.scheduler: warmup_steps + decay_steps ({warmup} + {decay}) exceed trainer.max_steps ({max_steps})"
+        )
 
 
 def check_pretrained(value: Any, field: str) -> None:
