@@ -30,7 +30,7 @@ LOOPS = {"self_distill"}  # a loop of training runs (task=self_distill): tests/t
 def test_the_paper_sweeps_exist():
     assert SWEEPS["paper_table"]["+experiment@_global_"] == "standard_kd,fitnets,cot_ft,step_reward,rtd_tuned"
     assert SWEEPS["ablations"]["+experiment@_global_"] == (
-        "rtd,ablation_no_coherence,ablation_no_alignment,ablation_no_curriculum"
+        "rtd_tuned,ablation_no_coherence,ablation_no_alignment,ablation_no_curriculum"
     )
     assert SWEEPS["rtd_layers"]["teacher.layer"] == "-1,1,mean"
     assert SWEEPS["student_sizes"]["+experiment@_global_"] == "standard_kd,rtd"
@@ -53,17 +53,42 @@ def test_the_paper_table_runs_rtd_with_the_weights_the_grid_chose(make_cfg):
 
 
 def test_the_paper_table_gives_each_block_its_own_teacher(make_cfg):
-    """A block (seed) of paper_table trains its own teacher, so the table's CI covers the teacher
-    instance; the other sweeps share one teacher across seeds."""
-    blocks = [make_cfg("+experiment=paper_table", f"seed={s}") for s in (0, 3)]
-    assert [c.teacher.train.seed for c in blocks] == [0, 3]
-    assert make_cfg("+experiment=ablations", "seed=3").teacher.train.seed == 0
+    """A block (seed) of paper_table and of ablations trains its own teacher, so their CIs cover the
+    teacher instance; rft_table's arms compare training sets sampled from one teacher."""
+    for sweep in ("paper_table", "ablations"):
+        blocks = [make_cfg(f"+experiment={sweep}", f"seed={s}") for s in (0, 3)]
+        assert [c.teacher.train.seed for c in blocks] == [0, 3]
+    assert make_cfg("+experiment=rft_table", "seed=3").teacher.train.seed == 0
 
 
-def test_the_paper_table_trains_each_run_to_its_plateau(make_cfg):
-    """paper_table's runs decay when their validation curve stalls, with trainer.max_steps as the cap;
-    the single-method experiments keep the fixed 2,000-step schedule they were measured with."""
-    cfg = make_cfg("+experiment=paper_table", tiny=False)
+def test_the_ablations_baseline_is_the_paper_tables_rtd_arm(make_cfg):
+    """The ablations ablate the RTD of the paper table: its rtd_tuned run of a seed is the same run
+    (all but the W&B group), so one sweep's RTD arm serves both reports."""
+
+    def flat(*overrides):
+        c = OmegaConf.to_container(make_cfg(*overrides, "seed=5", tiny=False), resolve=True)
+        return flatten({k: v for k, v in c.items() if k != "group" and k != "logger"})
+
+    # in the order a sweep composes a job: its arm, its seed, then the sweep file
+    assert flat("+experiment@_global_=rtd_tuned", "+experiment=ablations") == flat(
+        "+experiment@_global_=rtd_tuned", "+experiment=paper_table"
+    )
+
+
+@pytest.mark.parametrize("name", ["ablation_no_alignment", "ablation_no_coherence", "ablation_no_curriculum"])
+def test_the_ablations_sweep_runs_each_ablation_as_its_file_sets_it(make_cfg, name):
+    """A sweep job composes its arm before the sweep file, so the sweep file must not set what an arm
+    sets: each ablation job keeps the weights and curriculum of its own file."""
+    alone, job = make_cfg(f"+experiment={name}"), make_cfg(f"+experiment@_global_={name}", "+experiment=ablations")
+    assert (job.method.w_align, job.method.w_coherence) == (alone.method.w_align, alone.method.w_coherence)
+    assert OmegaConf.to_container(job)["curriculum"] == OmegaConf.to_container(alone)["curriculum"]
+
+
+@pytest.mark.parametrize("sweep", ["paper_table", "ablations", "rft_table"])
+def test_the_paper_sweeps_train_each_run_to_its_plateau(make_cfg, sweep):
+    """The three sweeps of the papers' tables decay each run when its validation curve stalls, with
+    trainer.max_steps as the cap; the single-method experiments keep the fixed 2,000-step schedule."""
+    cfg = make_cfg(f"+experiment={sweep}", tiny=False)
     assert cfg.optim.scheduler._target_ == "rtd_lab.optim.warmup_stable_decay_on_plateau"
     assert cfg.trainer.max_steps == 3500 and cfg.callbacks.learning_curve.every_n_steps == 100
     assert make_cfg("+experiment=standard_kd", tiny=False).optim.scheduler._target_.endswith(".warmup_stable_decay")
@@ -94,11 +119,13 @@ ABLATION_CHANGES = {
 
 @pytest.mark.parametrize("name", sorted(ABLATION_CHANGES))
 def test_ablations_differ_from_rtd_only_in_what_they_remove(make_cfg, name):
+    """Each ablation is the paper table's RTD (rtd_tuned) less one part."""
+
     def flat(cfg):
         c = OmegaConf.to_container(cfg, resolve=True)
         return flatten({k: v for k, v in c.items() if k not in ("tags", "run_name")})
 
-    rtd, ablation = flat(make_cfg("+experiment=rtd")), flat(make_cfg(f"+experiment={name}"))
+    rtd, ablation = flat(make_cfg("+experiment=rtd_tuned")), flat(make_cfg(f"+experiment={name}"))
     missing = object()
     changed = {k for k in rtd.keys() | ablation.keys() if rtd.get(k, missing) != ablation.get(k, missing)}
     if name == "ablation_no_curriculum":
@@ -189,3 +216,15 @@ def test_a_sweep_file_is_a_multirun_without_m(sweep, tmp_path):
     # Its jobs run side by side on the local cores, unless the command line picks another launcher.
     assert cfg.hydra.launcher._target_.endswith("JoblibLauncher") and cfg.hydra.launcher.n_jobs == -1
     assert slurm.hydra.launcher._target_.endswith("SlurmLauncher")
+
+
+@pytest.mark.parametrize("sweep", sorted(n for n, p in SWEEPS.items() if "+experiment@_global_" in p))
+def test_no_sweep_file_sets_what_its_arms_set(sweep):
+    """A sweep job composes its arm before the sweep file, so a value both set would silently be the
+    sweep file's in every arm (the ablations once ran as plain RTD that way)."""
+
+    def keys(name):
+        return set(flatten({k: v for k, v in FILES[name].items() if k not in ("defaults", "hydra")}))
+
+    for arm in SWEEPS[sweep]["+experiment@_global_"].split(","):
+        assert not keys(sweep) & (keys(arm) - {"run_name", "tags"}), arm
