@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 import math
+from collections.abc import Mapping
 
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
@@ -113,6 +115,30 @@ class PlateauDecay:
         return step >= self.start() + self.decay_steps
 
 
+PLATEAU_FIELDS = ("warmup_steps", "decay_steps", "earliest_decay", "patience", "min_delta")
+
+
+def check_plateau_settings(settings: Mapping, total_steps: int | None, field: str = "optim.scheduler") -> None:
+    """The fields of ``warmup_stable_decay_on_plateau`` given in ``settings`` (the others take its
+    defaults), and that its warm-up and decay fit in ``total_steps`` (None: not known yet). Called by the
+    schedule and, before anything is built, by ``rtd_lab.tasks.preflight``."""
+    defaults = inspect.signature(warmup_stable_decay_on_plateau).parameters
+    value_of = {k: settings.get(k, defaults[k].default) for k in PLATEAU_FIELDS}
+    for name, low in (("warmup_steps", 1), ("decay_steps", 1), ("earliest_decay", 0), ("patience", 1)):
+        value = value_of[name]
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{field}.{name} must be an integer >= {low}, got {value!r}")
+    min_delta = value_of["min_delta"]
+    if isinstance(min_delta, bool) or not isinstance(min_delta, int | float) or not 0 <= min_delta < 1:
+        raise ValueError(f"{field}.min_delta must be in [0, 1), got {min_delta!r}")
+    warmup, decay = value_of["warmup_steps"], value_of["decay_steps"]
+    if total_steps is not None and warmup + decay > total_steps:
+        raise ValueError(
+            f"{field}: warmup_steps + decay_steps ({warmup} + {decay}) exceed the {total_steps} training "
+            "steps (trainer.max_steps)"
+        )
+
+
 def warmup_stable_decay_on_plateau(
     optimizer: Optimizer,
     total_steps: int,
@@ -142,20 +168,13 @@ def warmup_stable_decay_on_plateau(
     """
     _check(0.0, min_lr_ratio, field)
     total = max(int(total_steps), 1)
-    for name, value, low in (
-        ("warmup_steps", warmup_steps, 1),
-        ("decay_steps", decay_steps, 1),
-        ("earliest_decay", earliest_decay, 0),
-        ("patience", patience, 1),
-    ):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"{field}.{name} must be an integer >= {low}, got {value!r}")
-    if not 0 <= min_delta < 1:
-        raise ValueError(f"{field}.min_delta must be in [0, 1), got {min_delta}")
-    if warmup_steps + decay_steps > total:
-        raise ValueError(
-            f"{field}: warmup_steps + decay_steps ({warmup_steps} + {decay_steps}) exceed the {total} training "
-            "steps (trainer.max_steps)"
-        )
+    settings = dict(
+        warmup_steps=warmup_steps,
+        decay_steps=decay_steps,
+        earliest_decay=earliest_decay,
+        patience=patience,
+        min_delta=min_delta,
+    )
+    check_plateau_settings(settings, total, field)
     schedule = PlateauDecay(total, warmup_steps, decay_steps, earliest_decay, patience, min_delta, min_lr_ratio)
     return LambdaLR(optimizer, schedule)

@@ -32,6 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rtd_lab.diagnostics import DiagnosticsSettings
 from rtd_lab.models.provision import StudentBaseSettings, StudentSettings, TeacherSettings
+from rtd_lab.optim import check_plateau_settings
 from rtd_lab.teacher_cache import TeacherCacheSettings
 from rtd_lab.traces.sample import SampleSettings
 from rtd_lab.traces.segment import SegmenterSettings
@@ -248,7 +249,6 @@ def check_known(cfg: DictConfig) -> None:
         ("warmup_ratio", 0, 1, False),
         ("decay_ratio", 0, 1, True),
         ("min_lr_ratio", 0, 1, True),
-        ("min_delta", 0, 1, False),
     ):
         if name in scheduler:
             v = scheduler[name]
@@ -277,21 +277,14 @@ def check_known(cfg: DictConfig) -> None:
 
 
 def check_plateau_schedule(cfg: DictConfig, scheduler: Mapping) -> None:
-    """The decay-on-plateau schedule reads the validation curve and fits inside the step cap."""
-    for name, low in (("warmup_steps", 1), ("decay_steps", 1), ("earliest_decay", 0), ("patience", 1)):
-        if name in scheduler:
-            _int_at_least(scheduler[name], low, f"optim.scheduler.{name}")
+    """The decay-on-plateau schedule's own settings check, and that it has a validation curve to read."""
+    max_steps = OmegaConf.select(cfg, "trainer.max_steps")
+    check_plateau_settings(scheduler, max_steps if isinstance(max_steps, int) else None)
     if not OmegaConf.select(cfg, "callbacks.learning_curve"):
         raise ValueError(
             "optim.scheduler: warmup_stable_decay_on_plateau decays when the validation curve of "
             "callbacks.learning_curve stalls, and callbacks.learning_curve is not set (callbacks=default, "
             "or a fixed schedule: optim=adamw_wsd)"
-        )
-    max_steps = OmegaConf.select(cfg, "trainer.max_steps")
-    warmup, decay = scheduler.get("warmup_steps", 40), scheduler.get("decay_steps", 400)
-    if isinstance(max_steps, int) and warmup + decay > max_steps:
-        raise ValueError(
-            f"optim.scheduler: warmup_steps + decay_steps ({warmup} + {decay}) exceed trainer.max_steps ({max_steps})"
         )
 
 
