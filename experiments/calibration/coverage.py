@@ -9,8 +9,11 @@ soft labels or hidden states would have to carry them).
     python experiments/calibration/coverage.py                          # the default config
     python experiments/calibration/coverage.py data.max_train_examples=null
     python experiments/calibration/coverage.py data.benchmark.max_depth=8 data.train_max_depth=4   # length gen.
+    # and which test chains runs got right, split by covered / not covered (the run's own config's overrides):
+    python experiments/calibration/coverage.py <run dir>/predictions_student.jsonl ...
 """
 
+import json
 import re
 import sys
 from collections import Counter
@@ -30,7 +33,19 @@ def facts(example) -> list[tuple[str, str, str]]:
     return [FACT.fullmatch(step.text).groups()[:3] for step in example.steps]
 
 
-def main(overrides: list[str]) -> None:
+def solved_beyond(predictions: Path, uses: Counter) -> str:
+    """A run's chain accuracy on the test chains whose every fact is shown, and on the others: a
+    student that scores on the others learned facts its training traces do not show."""
+    split: dict[bool, list[bool]] = {True: [], False: []}
+    for line in predictions.read_text().splitlines():
+        rec = json.loads(line)
+        shown = all(FACT.fullmatch(s).groups()[:3] in uses for s in rec["gold_steps"])
+        split[shown].append(bool(rec["chain_correct"]))
+    cells = [f"{sum(v) / len(v):.3f} ({sum(v)} of {len(v)})" if v else "–" for v in (split[True], split[False])]
+    return f"| {predictions.parent.name} | " + " | ".join(cells) + " |"
+
+
+def main(overrides: list[str], predictions: list[Path]) -> None:
     with initialize_config_dir(config_dir=str(CONF), version_base=None):
         cfg = compose("config", overrides=overrides)
     bench = instantiate(cfg.data.benchmark)
@@ -54,7 +69,12 @@ def main(overrides: list[str]) -> None:
         chains = [e for e in test if e.depth == d]
         print(f"| {d} | {sum(all(f in uses for f in facts(e)) for e in chains) / len(chains):.3f} |")
     print(f"| all | {sum(all(f in uses for f in facts(e)) for e in test) / len(test):.3f} |")
+    if predictions:
+        print("\n| run | chain acc, every fact shown | chain acc, some fact not shown |\n|---|---|---|")
+        for path in predictions:
+            print(solved_beyond(path, uses))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    args = sys.argv[1:]
+    main([a for a in args if not a.endswith(".jsonl")], [Path(a) for a in args if a.endswith(".jsonl")])

@@ -1,4 +1,4 @@
-"""Does a rerun reproduce the paper table? Two reports of the same sweep file, side by side.
+"""Does a rerun reproduce a sweep's table? Two reports of the same sweep file, side by side.
 
 The sweep file gives every block (seed) its own teacher, student base and batch order, so another
 run of it — on another machine, whose floating point makes other teachers and bases from the same
@@ -13,6 +13,11 @@ whether that gain differs between runs, and the focus method against every other
 
     python experiments/paper_table/reproduce.py                  # report.json vs rerun/report.json
     python experiments/paper_table/reproduce.py FIRST SECOND --labels A B --out history/instances_ab/instances
+    # another sweep file: name its arms, its baseline and the metrics to compare
+    python experiments/paper_table/reproduce.py experiments/ablations/history/seeds_0_4/report.json \
+        experiments/ablations/report.json --title Ablations --baseline rtd --focus none \
+        --arms rtd ablation_no_coherence ablation_no_alignment ablation_no_curriculum \
+        --metrics chain_acc chain_acc/depth_4+ val_aulc --out experiments/ablations/reproduce
 
 Writes <out>.json and <out>.md (default: experiments/paper_table/reproduce.{json,md}).
 """
@@ -27,7 +32,11 @@ from rtd_lab.stats import compare, mean_ci, rerun_interval, welch
 
 HERE = Path(__file__).parent
 BASELINE = "standard_kd"
-METRICS = {"chain_acc": "all depths", "chain_acc/depth_4+": "depth ≥ 4"}
+METRICS = ["chain_acc", "chain_acc/depth_4+"]
+# How a metric's heading reads; a metric not named here reads as its key.
+LABELS = {"chain_acc": "Chain accuracy, all depths", "chain_acc/depth_4+": "Chain accuracy, depth ≥ 4"}
+LABELS |= {"val_aulc": "Validation AULC (sample efficiency)"}
+SHORT = {"chain_acc": "all depths", "chain_acc/depth_4+": "depth ≥ 4", "val_aulc": "val AULC"}
 # The first one-teacher measurement labelled its two RTD arms by their coherence weight; the tuned
 # one is the sweep file's RTD arm (its paper-weights arm has no counterpart in later runs).
 ALIASES = {"rtd[method.w_coherence=1.5]": "rtd"}
@@ -35,17 +44,17 @@ ARMS = ["standard_kd", "fitnets", "cot_ft", "step_reward", "rtd"]
 FOCUS = "rtd"  # the method the paper is about, against every other arm
 
 
-def per_block(report: Path, label: str) -> dict[str, dict[str, dict[str, float]]]:
+def per_block(report: Path, label: str, arms: list[str], metrics: list[str]) -> dict[str, dict[str, dict[str, float]]]:
     """arm → metric → {block: value}, block = "<label>:<seed>"."""
     out: dict = {}
     for name, arm in json.loads(report.read_text())["chain_acc"].items():
         name = ALIASES.get(name, name)
-        if name not in ARMS:
+        if name not in arms:
             continue
         out[name] = {
-            m: {f"{label}:{s}": v for s, v in zip(arm["seeds"], arm[m]["per_seed"], strict=True)} for m in METRICS
+            m: {f"{label}:{s}": v for s, v in zip(arm["seeds"], arm[m]["per_seed"], strict=True)} for m in metrics
         }
-    missing = [a for a in ARMS if a not in out]
+    missing = [a for a in arms if a not in out]
     if missing:
         raise SystemExit(f"{report}: no arm named {', '.join(missing)} (arms: {', '.join(sorted(out))})")
     return out
@@ -64,20 +73,34 @@ def inside(values_second, values_first, predict: bool = False) -> bool:
     return abs(sum(second) / len(second) - m1) <= h1
 
 
-def main(first: Path, second: Path, labels: tuple[str, str], out: Path) -> dict:
+def main(
+    first: Path,
+    second: Path,
+    labels: tuple[str, str],
+    out: Path,
+    *,
+    title: str = "The paper table",
+    arms: list[str] = ARMS,
+    baseline: str = BASELINE,
+    focus: str | None = FOCUS,
+    metrics: list[str] = METRICS,
+) -> dict:
     la, lb = labels
-    a, b = per_block(first, la), per_block(second, lb)
-    n = len(a[BASELINE]["chain_acc"]) + len(b[BASELINE]["chain_acc"])
-    result: dict = {"runs": {la: str(first), lb: str(second)}, "baseline": BASELINE, "arms": {}}
+    if baseline not in arms or (focus is not None and focus not in arms):
+        raise SystemExit(f"--baseline {baseline} and --focus {focus} must be among --arms {' '.join(arms)}")
+    a, b = per_block(first, la, arms, metrics), per_block(second, lb, arms, metrics)
+    n = len(a[baseline][metrics[0]]) + len(b[baseline][metrics[0]])
+    result: dict = {"runs": {la: str(first), lb: str(second)}, "baseline": baseline, "arms": {}}
     lines = []
-    for metric, mlabel in METRICS.items():
+    for metric in metrics:
         lines += [
-            f"\n**Chain accuracy, {mlabel}** (mean ± 95 % CI over seeds; Δ paired over the {n} blocks):\n",
+            f"\n**{LABELS.get(metric, metric)}** (mean ± 95 % CI over seeds; Δ paired over the {n} blocks):\n",
             f"| arm | {la} | {lb} | inside {la}'s CI / prediction interval | {lb} − {la} (Welch p) "
-            f"| both ({n} blocks) | Δ vs KD, both [95 % CI] | p (paired t) | MDE | Δ vs KD: {la} / {lb} (p, differ) |",
+            f"| both ({n} blocks) | Δ vs {baseline}, both [95 % CI] | p (paired t) | MDE "
+            f"| Δ vs {baseline}: {la} / {lb} (p, differ) |",
             "|---|---|---|---|---|---|---|---|---|---|",
         ]
-        for arm in ARMS:
+        for arm in arms:
             va, vb = a[arm][metric], b[arm][metric]
             both = {**va, **vb}
             shift = welch(list(vb.values()), list(va.values()))
@@ -88,10 +111,10 @@ def main(first: Path, second: Path, labels: tuple[str, str], out: Path) -> dict:
             yes = {True: "yes", False: "**no**"}
             cells = [fmt_ci(va.values()), fmt_ci(vb.values()), f"{yes[ok]} / {yes[ok_pi]}"]
             cells += [f"{shift['delta']:+.3f} ({shift['p']:.2g})", fmt_ci(both.values())]
-            if arm == BASELINE:
+            if arm == baseline:
                 cells += ["–", "", "", ""]
             else:
-                base_a, base_b = a[BASELINE][metric], b[BASELINE][metric]
+                base_a, base_b = a[baseline][metric], b[baseline][metric]
                 c = compare(both, {**base_a, **base_b})
                 da = [va[k] - base_a[k] for k in va]
                 db = [vb[k] - base_b[k] for k in vb]
@@ -107,22 +130,23 @@ def main(first: Path, second: Path, labels: tuple[str, str], out: Path) -> dict:
                 ]
             result["arms"].setdefault(arm, {})[metric] = row
             lines.append(f"| {arm} | " + " | ".join(cells) + " |")
-    lines += [
-        f"\n**{FOCUS} against every arm, both runs** (paired over the {n} blocks):\n",
-        "| comparison | metric | Δ [95 % CI] | p (paired t) | p (permutation) | MDE |",
-        "|---|---|---|---|---|---|",
-    ]
-    for arm in ARMS:
-        if arm == FOCUS:
+    if focus is not None:
+        lines += [
+            f"\n**{focus} against every arm, both runs** (paired over the {n} blocks):\n",
+            "| comparison | metric | Δ [95 % CI] | p (paired t) | p (permutation) | MDE |",
+            "|---|---|---|---|---|---|",
+        ]
+    for arm in arms if focus is not None else []:
+        if arm == focus:
             continue
-        for metric, mlabel in METRICS.items():
-            c = compare({**a[FOCUS][metric], **b[FOCUS][metric]}, {**a[arm][metric], **b[arm][metric]})
+        for metric in metrics:
+            c = compare({**a[focus][metric], **b[focus][metric]}, {**a[arm][metric], **b[arm][metric]})
             result.setdefault("focus", {}).setdefault(arm, {})[metric] = c.asdict()
             lines.append(
-                f"| {FOCUS} − {arm} | {mlabel} | {c.delta:+.3f} [{c.ci95[0]:+.3f}, {c.ci95[1]:+.3f}] | "
-                f"{c.p_t:.2g} | {c.p_permutation:.2g} | {c.mde80:.3f} |"
+                f"| {focus} − {arm} | {SHORT.get(metric, metric)} | {c.delta:+.3f} [{c.ci95[0]:+.3f}, "
+                f"{c.ci95[1]:+.3f}] | {c.p_t:.2g} | {c.p_permutation:.2g} | {c.mde80:.3f} |"
             )
-    text = f"# The paper table, {la} and {lb}\n" + "\n".join(lines) + "\n"
+    text = f"# {title}, {la} and {lb}\n" + "\n".join(lines) + "\n"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
     out.with_suffix(".md").write_text(text)
@@ -136,5 +160,21 @@ if __name__ == "__main__":
     p.add_argument("second", nargs="?", type=Path, default=HERE / "rerun" / "report.json")
     p.add_argument("--labels", nargs=2, default=["run", "rerun"], metavar=("FIRST", "SECOND"))
     p.add_argument("--out", type=Path, default=HERE / "reproduce", help="path without suffix")
+    p.add_argument("--title", default="The paper table")
+    p.add_argument("--arms", nargs="+", default=ARMS)
+    p.add_argument("--baseline", default=BASELINE)
+    p.add_argument("--focus", default=FOCUS, help="the arm compared with every other; 'none': no such table")
+    p.add_argument("--metrics", nargs="+", default=METRICS, help="keys of the report's per-arm metrics")
     args = p.parse_args()
-    main(args.first, args.second, tuple(args.labels), args.out)
+    focus = None if args.focus == "none" else args.focus
+    main(
+        args.first,
+        args.second,
+        tuple(args.labels),
+        args.out,
+        title=args.title,
+        arms=args.arms,
+        baseline=args.baseline,
+        focus=focus,
+        metrics=args.metrics,
+    )
