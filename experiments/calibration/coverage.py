@@ -9,7 +9,7 @@ soft labels or hidden states would have to carry them).
     python experiments/calibration/coverage.py                          # the default config
     python experiments/calibration/coverage.py data.max_train_examples=null
     python experiments/calibration/coverage.py data.benchmark.max_depth=8 data.train_max_depth=4   # length gen.
-    # and which test chains runs got right, split by covered / not covered (the run's own config's overrides):
+    # which test chains runs got right, split by covered / not (add the runs' data overrides, if any):
     python experiments/calibration/coverage.py <run dir>/predictions_student.jsonl ...
 """
 
