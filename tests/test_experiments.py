@@ -53,24 +53,25 @@ def test_the_paper_table_runs_rtd_with_the_weights_the_grid_chose(make_cfg):
 
 
 def test_the_paper_table_gives_each_block_its_own_teacher(make_cfg):
-    """A block (seed) of paper_table and of ablations trains its own teacher, so their CIs cover the
-    teacher instance; rft_table's arms compare training sets sampled from one teacher."""
-    for sweep in ("paper_table", "ablations"):
+    """A block (seed) of paper_table, ablations and rtd_layers trains its own teacher, so their CIs
+    cover the teacher instance; rft_table's arms compare training sets sampled from one teacher."""
+    for sweep in ("paper_table", "ablations", "rtd_layers"):
         blocks = [make_cfg(f"+experiment={sweep}", f"seed={s}") for s in (0, 3)]
         assert [c.teacher.train.seed for c in blocks] == [0, 3]
     assert make_cfg("+experiment=rft_table", "seed=3").teacher.train.seed == 0
 
 
-def test_the_ablations_baseline_is_the_paper_tables_rtd_arm(make_cfg):
-    """The ablations ablate the RTD of the paper table: its rtd_tuned run of a seed is the same run
-    (all but the W&B group), so one sweep's RTD arm serves both reports."""
+@pytest.mark.parametrize("sweep", ["ablations", "rtd_layers"])
+def test_the_sweeps_baseline_is_the_paper_tables_rtd_arm(make_cfg, sweep):
+    """The ablations ablate the RTD of the paper table, and rtd_layers moves its teacher layer: their
+    rtd_tuned run of a seed (at the last layer) is the paper table's run (all but the W&B group)."""
 
     def flat(*overrides):
         c = OmegaConf.to_container(make_cfg(*overrides, "seed=5", tiny=False), resolve=True)
         return flatten({k: v for k, v in c.items() if k != "group" and k != "logger"})
 
     # in the order a sweep composes a job: its arm, its seed, then the sweep file
-    assert flat("+experiment@_global_=rtd_tuned", "+experiment=ablations") == flat(
+    assert flat("+experiment@_global_=rtd_tuned", f"+experiment={sweep}", "teacher.layer=-1") == flat(
         "+experiment@_global_=rtd_tuned", "+experiment=paper_table"
     )
 
@@ -84,10 +85,11 @@ def test_the_ablations_sweep_runs_each_ablation_as_its_file_sets_it(make_cfg, na
     assert OmegaConf.to_container(job)["curriculum"] == OmegaConf.to_container(alone)["curriculum"]
 
 
-@pytest.mark.parametrize("sweep", ["paper_table", "ablations", "rft_table"])
+@pytest.mark.parametrize("sweep", ["paper_table", "ablations", "rft_table", "rtd_layers"])
 def test_the_paper_sweeps_train_each_run_to_its_plateau(make_cfg, sweep):
-    """The three sweeps of the papers' tables decay each run when its validation curve stalls, with
-    trainer.max_steps as the cap; the single-method experiments keep the fixed 2,000-step schedule."""
+    """The three sweeps of the papers' tables (and rtd_layers) decay each run when its validation
+    curve stalls, with trainer.max_steps as the cap; the single-method experiments keep the fixed
+    2,000-step schedule."""
     cfg = make_cfg(f"+experiment={sweep}", tiny=False)
     assert cfg.optim.scheduler._target_ == "rtd_lab.optim.warmup_stable_decay_on_plateau"
     assert cfg.trainer.max_steps == 3500 and cfg.callbacks.learning_curve.every_n_steps == 100
