@@ -53,9 +53,10 @@ def test_the_paper_table_runs_rtd_with_the_weights_the_grid_chose(make_cfg):
 
 
 def test_the_paper_table_gives_each_block_its_own_teacher(make_cfg):
-    """A block (seed) of paper_table, ablations and rtd_layers trains its own teacher, so their CIs
-    cover the teacher instance; rft_table's arms compare training sets sampled from one teacher."""
-    for sweep in ("paper_table", "ablations", "rtd_layers"):
+    """A block (seed) of paper_table, ablations, rtd_layers and fitnets_deep_teacher trains its own
+    teacher, so their CIs cover the teacher instance; rft_table's arms compare training sets sampled
+    from one teacher."""
+    for sweep in ("paper_table", "ablations", "rtd_layers", "fitnets_deep_teacher"):
         blocks = [make_cfg(f"+experiment={sweep}", f"seed={s}") for s in (0, 3)]
         assert [c.teacher.train.seed for c in blocks] == [0, 3]
     assert make_cfg("+experiment=rft_table", "seed=3").teacher.train.seed == 0
@@ -85,9 +86,9 @@ def test_the_ablations_sweep_runs_each_ablation_as_its_file_sets_it(make_cfg, na
     assert OmegaConf.to_container(job)["curriculum"] == OmegaConf.to_container(alone)["curriculum"]
 
 
-@pytest.mark.parametrize("sweep", ["paper_table", "ablations", "rft_table", "rtd_layers"])
+@pytest.mark.parametrize("sweep", ["paper_table", "ablations", "rft_table", "rtd_layers", "fitnets_deep_teacher"])
 def test_the_paper_sweeps_train_each_run_to_its_plateau(make_cfg, sweep):
-    """The three sweeps of the papers' tables (and rtd_layers) decay each run when its validation
+    """The three sweeps of the papers' tables (and rtd_layers, fitnets_deep_teacher) decay each run when its validation
     curve stalls, with trainer.max_steps as the cap; the single-method experiments keep the fixed
     2,000-step schedule."""
     cfg = make_cfg(f"+experiment={sweep}", tiny=False)
