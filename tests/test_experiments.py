@@ -17,6 +17,7 @@ from rtd_lab.utils import flatten
 from tests.cli import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
+PROTOCOLS = ROOT / "rtd_lab" / "conf" / "protocol"
 FILES = {
     p.stem: yaml.safe_load(p.read_text()) or {}
     for p in sorted((ROOT / "rtd_lab" / "conf" / "experiment").glob("*.yaml"))
@@ -229,5 +230,10 @@ def test_no_sweep_file_sets_what_its_arms_set(sweep):
     def keys(name):
         return set(flatten({k: v for k, v in FILES[name].items() if k not in ("defaults", "hydra")}))
 
+    def protocol_keys(name):  # what a sweep file takes from conf/protocol/ sets in every arm too
+        used = [d["/protocol"] for d in FILES[name].get("defaults", []) if isinstance(d, dict) and "/protocol" in d]
+        files = [yaml.safe_load((PROTOCOLS / f"{p}.yaml").read_text()) for p in used]
+        return {k for f in files for k in flatten(f) if k != "defaults"}
+
     for arm in SWEEPS[sweep]["+experiment@_global_"].split(","):
-        assert not keys(sweep) & (keys(arm) - {"run_name", "tags"}), arm
+        assert not (keys(sweep) | protocol_keys(sweep)) & (keys(arm) - {"run_name", "tags"}), arm
