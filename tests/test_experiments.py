@@ -89,9 +89,9 @@ def test_the_ablations_sweep_runs_each_ablation_as_its_file_sets_it(make_cfg, na
 
 @pytest.mark.parametrize("sweep", ["paper_table", "ablations", "rft_table", "rtd_layers", "fitnets_deep_teacher"])
 def test_the_paper_sweeps_train_each_run_to_its_plateau(make_cfg, sweep):
-    """The three sweeps of the papers' tables (and rtd_layers, fitnets_deep_teacher) decay each run when its validation
-    curve stalls, with trainer.max_steps as the cap; the single-method experiments keep the fixed
-    2,000-step schedule."""
+    """The three sweeps of the papers' tables (and rtd_layers, fitnets_deep_teacher) decay each run
+    when its validation curve stalls, with trainer.max_steps as the cap; the single-method experiments
+    keep the fixed 2,000-step schedule."""
     cfg = make_cfg(f"+experiment={sweep}", tiny=False)
     assert cfg.optim.scheduler._target_ == "rtd_lab.optim.warmup_stable_decay_on_plateau"
     assert cfg.trainer.max_steps == 3500 and cfg.callbacks.learning_curve.every_n_steps == 100
