@@ -1,7 +1,7 @@
 """Calibration probe: train a Llama on a fact corpus of the table rule ("x @ n = y ; x @ n = y ; ..."),
 and print, every --eval_every steps, the share of all facts it recalls (each fact once, at a random
 slot of a sequence of random facts). How the student's fact capacity was measured
-(experiments/calibration/README.md, "Can the student's capacity be the limit?").
+(experiments/calibration/README.md, "Can the student's capacity be the limit here?").
 
     python experiments/calibration/probe_facts.py --width 48 --ff 24 --modulus 97 --K 8 --ops @ \
         --supervise y --min_seq 1 --steps 3000

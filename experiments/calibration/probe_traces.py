@@ -49,6 +49,7 @@ p.add_argument("--wd", type=float, default=0.01)
 p.add_argument("--threads", type=int, default=1)
 p.add_argument("--K", type=int, default=0)
 p.add_argument("--dseed", type=int, default=0)
+p.add_argument("--mark_asked", action="store_true")  # as data.mark_asked (the default benchmark)
 p.add_argument("--tag", default="")
 a = p.parse_args()
 torch.set_num_threads(a.threads)
@@ -58,6 +59,7 @@ if a.ops:
 if a.K:
     kw["n_operands"] = a.K
 kw["seed"] = a.dseed
+kw["mark_asked"] = a.mark_asked
 bm = SyntheticBenchmark(**kw)
 tok = bm.build_tokenizer()
 dm = ReasoningDataModule.gold(bm, tok, a.bs, 300)
